@@ -1,0 +1,1 @@
+"""The local stack: Pub/Sub and GCS emulators plus functions-framework (not deployed)."""

@@ -1,0 +1,143 @@
+"""Start local services as process groups, wait until they answer, and stop them for good."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+# Interval between readiness probes: the wait ends as soon as a probe succeeds.
+_POLL_INTERVAL_SECONDS = 0.05
+
+
+class ServiceError(RuntimeError):
+    """A local service failed to start or to answer in time."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(
+    ready: Callable[[], bool],
+    what: str,
+    timeout_seconds: float = 60.0,
+    alive: Callable[[], bool] = lambda: True,
+) -> None:
+    """Poll ``ready`` until it returns True; fail if ``alive`` turns False or time runs out."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        if ready():
+            return
+        if not alive():
+            raise ServiceError(f"{what} exited before it was ready")
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{what} not ready after {timeout_seconds:.0f}s")
+        time.sleep(_POLL_INTERVAL_SECONDS)
+
+
+def http_status(url: str, timeout_seconds: float = 2.0) -> int | None:
+    """The HTTP status ``url`` answers with, or None if nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_seconds) as response:  # noqa: S310
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+class ManagedProcess:
+    """A child process in its own process group, logging to a file; ``stop`` kills the group.
+
+    Killing the whole group matters: ``gcloud beta emulators pubsub start`` runs the emulator
+    as a Java grandchild that outlives its parent if only the parent is signalled.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.command = list(command)
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        """The leader's pid, which is also the process group id."""
+        return self.process.pid
+
+    def is_running(self) -> bool:
+        """Whether the group leader is still running."""
+        return self.process.poll() is None
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left after ``grace_seconds``."""
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(timeout=grace_seconds)
+        except subprocess.TimeoutExpired:
+            pass
+        # Children may outlive the leader (or ignore SIGTERM): make sure the group is gone.
+        deadline = time.monotonic() + grace_seconds
+        while group_alive(self.pid):
+            if time.monotonic() > deadline:
+                os.killpg(self.pid, signal.SIGKILL)
+                deadline = time.monotonic() + grace_seconds
+            time.sleep(_POLL_INTERVAL_SECONDS)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+def group_members(process_group_id: int) -> list[int]:
+    """Pids of the live (non-zombie) processes in a process group, read from ``/proc``."""
+    try:
+        while os.waitpid(-process_group_id, os.WNOHANG)[0] > 0:  # reap our own exited children
+            pass
+    except ChildProcessError:
+        pass
+    members = []
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = stat_path.read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command: state, ppid, pgrp, ...
+        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) == process_group_id and state != "Z":
+            members.append(int(stat_path.parent.name))
+    return members
+
+
+def group_alive(process_group_id: int) -> bool:
+    """Whether any live process of the group remains."""
+    return bool(group_members(process_group_id))

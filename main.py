@@ -1,0 +1,454 @@
+"""Cloud Function (2nd gen) ``predict_duration``: Pub/Sub ride events in, predictions out.
+
+Only wiring lives here: decode the Pub/Sub message, validate it (``features``), predict with
+the lazily loaded MLflow model (``model_loader``) and publish (``publisher``). Failures map to
+the contract in ``DESIGN.md``:
+
+* permanent (the message can never succeed): one ERROR log line, the message goes to
+  ``DEAD_LETTER_STREAM`` when it is set, and the function returns normally so Pub/Sub acks it;
+* transient (model not loadable yet, publish failed): the function raises, Pub/Sub redelivers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import functions_framework
+
+from features import InvalidRideError, RideRequest, parse_payload, validate_ride_event
+from model_loader import LoadedModel, ModelLoader
+from publisher import MessagePublisher, OutgoingMessage, PubSubPublisher, topic_path
+
+DEFAULT_MODEL_NAME = "ride_duration_prediction_model"
+DEFAULT_PUBLISH_STREAM = "ride-predictions"
+# The decoded message data may hold a JSON array of up to MAX_BATCH_RIDES rides (about 100 bytes
+# each), so 1 MiB leaves room for a full batch while staying far below Pub/Sub's 10 MB.
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+DEFAULT_MAX_BATCH_RIDES = 1000
+# Bounds on the two waits of a request; together well inside the default 60 s function timeout.
+DEFAULT_PUBLISH_TIMEOUT_SECONDS = 10.0
+DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS = 30.0
+# Pub/Sub attribute values are limited to 1024 bytes.
+_MAX_ATTRIBUTE_CHARS = 1024
+
+logger = logging.getLogger("ride_predictor")
+
+
+class MissingSettingError(RuntimeError):
+    """A required environment variable is not set."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The function's configuration, read once from the environment by ``settings_from_env``."""
+
+    model_uri: str
+    project_id: str
+    publish_stream: str = DEFAULT_PUBLISH_STREAM
+    dead_letter_stream: str | None = None
+    model_name: str = DEFAULT_MODEL_NAME
+    model_version: str | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_batch_rides: int = DEFAULT_MAX_BATCH_RIDES
+    publish_timeout_seconds: float = DEFAULT_PUBLISH_TIMEOUT_SECONDS
+    model_load_timeout_seconds: float = DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
+    log_level: str = "INFO"
+    message_log_level: str = "INFO"
+
+    @property
+    def output_topic_path(self) -> str:
+        """Stream B's full topic name."""
+        return topic_path(self.project_id, self.publish_stream)
+
+    @property
+    def dead_letter_topic_path(self) -> str | None:
+        """The dead-letter topic's full name, or None when dead-lettering is off."""
+        if not self.dead_letter_stream:
+            return None
+        return topic_path(self.project_id, self.dead_letter_stream)
+
+
+def _required(environ: Mapping[str, str], *names: str) -> str:
+    for name in names:
+        if environ.get(name):
+            return environ[name]
+    raise MissingSettingError(f"set {' or '.join(names)}")
+
+
+def _positive_number(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise MissingSettingError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise MissingSettingError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _log_level(environ: Mapping[str, str], name: str) -> str:
+    level = environ.get(name, "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise MissingSettingError(f"{name} must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    return level
+
+
+def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
+    """Build ``Settings`` from environment variables with ``DESIGN.md``'s defaults."""
+    return Settings(
+        model_uri=_required(environ, "MODEL_URI"),
+        project_id=_required(environ, "PROJECT_ID", "GOOGLE_CLOUD_PROJECT"),
+        publish_stream=environ.get("PUBLISH_STREAM") or DEFAULT_PUBLISH_STREAM,
+        dead_letter_stream=environ.get("DEAD_LETTER_STREAM") or None,
+        model_name=environ.get("MODEL_NAME") or DEFAULT_MODEL_NAME,
+        model_version=environ.get("MODEL_VERSION") or None,
+        max_message_bytes=int(
+            _positive_number(environ, "MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)
+        ),
+        max_batch_rides=int(_positive_number(environ, "MAX_BATCH_RIDES", DEFAULT_MAX_BATCH_RIDES)),
+        publish_timeout_seconds=_positive_number(
+            environ, "PUBLISH_TIMEOUT_SECONDS", DEFAULT_PUBLISH_TIMEOUT_SECONDS
+        ),
+        model_load_timeout_seconds=_positive_number(
+            environ, "MODEL_LOAD_TIMEOUT_SECONDS", DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
+        ),
+        log_level=_log_level(environ, "LOG_LEVEL"),
+        message_log_level=_log_level(environ, "MESSAGE_LOG_LEVEL"),
+    )
+
+
+class CloudLoggingFormatter(logging.Formatter):
+    """One JSON object per line with the field names Cloud Logging's structured logging reads.
+
+    ``severity`` and ``message`` become the entry's severity and summary; other fields, passed
+    as ``extra={"fields": {...}}``, land in ``jsonPayload``; ids also go to the entry's labels
+    (``logging.googleapis.com/labels``) so an operator can filter one ride or one message.
+    """
+
+    _LABEL_FIELDS = ("ride_id", "message_id", "model_version")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "severity": record.levelname,
+            "message": record.getMessage(),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None) or {}
+        entry.update(fields)
+        labels = {key: str(fields[key]) for key in self._LABEL_FIELDS if fields.get(key)}
+        if labels:
+            entry["logging.googleapis.com/labels"] = labels
+        if record.exc_info:
+            # A stack trace in the message is what Error Reporting picks up.
+            entry["message"] += "\n" + self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+_LOG_HANDLER_NAME = "ride_predictor_stdout_json"
+
+
+def _install_log_handler() -> None:
+    """Send this package's logs to stdout as JSON lines (what Cloud Logging parses).
+
+    Idempotent: functions-framework may execute this module more than once in a process.
+    """
+    if any(handler.name == _LOG_HANDLER_NAME for handler in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.set_name(_LOG_HANDLER_NAME)
+    handler.setFormatter(CloudLoggingFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+_install_log_handler()
+
+
+@dataclass(frozen=True)
+class PubSubMessage:
+    """The parts of a Pub/Sub message the function uses, taken from a CloudEvent's data."""
+
+    data: Any
+    message_id: str
+    publish_time: str
+    attributes: Mapping[str, str]
+    subscription: str
+
+
+def _pubsub_message(event_data: Any, event_id: str) -> PubSubMessage:
+    message = event_data.get("message") if isinstance(event_data, Mapping) else None
+    if not isinstance(message, Mapping):
+        raise InvalidRideError("event data holds no Pub/Sub message")
+    attributes = message.get("attributes") or {}
+    return PubSubMessage(
+        data=message.get("data"),
+        message_id=str(message.get("messageId") or message.get("message_id") or event_id),
+        publish_time=str(message.get("publishTime") or message.get("publish_time") or ""),
+        attributes=attributes if isinstance(attributes, Mapping) else {},
+        subscription=str(event_data.get("subscription") or ""),
+    )
+
+
+def _decode_base64(data: Any, max_bytes: int) -> bytes:
+    if not isinstance(data, str | bytes) or not data:
+        raise InvalidRideError("Pub/Sub message has no data")
+    # Reject before decoding: base64 is 4 characters per 3 bytes.
+    if len(data) > (max_bytes + 2) // 3 * 4:
+        raise InvalidRideError(f"message data is over the limit of {max_bytes} bytes")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidRideError(f"message data is not valid base64: {error}") from None
+
+
+def _truncate(text: str, limit: int = _MAX_ATTRIBUTE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class PredictionService:
+    """Handles one Pub/Sub message: decode, validate, predict, publish (see the module doc)."""
+
+    def __init__(
+        self, settings: Settings, model_loader: ModelLoader, publisher: MessagePublisher
+    ) -> None:
+        self.settings = settings
+        self.model_loader = model_loader
+        self.publisher = publisher
+        self._message_log_level = logging.getLevelName(settings.message_log_level)
+
+    def handle(self, event_data: Any, event_id: str = "") -> dict[str, Any] | list[Any] | None:
+        """Handle a CloudEvent's data; return the prediction message(s), or None if rejected.
+
+        Raises on transient failures only (``ModelLoadError``, ``PublishError``).
+        """
+        started = time.perf_counter()
+        message: PubSubMessage | None = None
+        raw = b""
+        try:
+            message = _pubsub_message(event_data, event_id)
+            raw = _decode_base64(message.data, self.settings.max_message_bytes)
+            payload = parse_payload(raw, self.settings.max_message_bytes)
+            if isinstance(payload, list):
+                return self._handle_batch(message, payload, started)
+            if not isinstance(payload, dict):
+                raise InvalidRideError("message data must be a JSON object or array")
+            request = validate_ride_event(payload)
+        except InvalidRideError as error:
+            self._reject(message, raw, error)
+            return None
+        return self._handle_single(message, raw, request, started)
+
+    def _handle_single(
+        self, message: PubSubMessage, raw: bytes, request: RideRequest, started: float
+    ) -> dict[str, Any] | None:
+        model = self.model_loader.get()
+        (prediction,) = model.predict([request.features])
+        try:
+            prediction_message = self._prediction_message(model, request, prediction)
+        except InvalidRideError as error:
+            self._reject(message, raw, error)
+            return None
+        self.publisher.publish(
+            self.settings.output_topic_path,
+            [self._outgoing(prediction_message, model, message)],
+        )
+        self._log_handled(
+            message,
+            started,
+            model,
+            ride_id=request.ride_id,
+            ride_duration=prediction_message["prediction"]["ride_duration"],
+        )
+        return prediction_message
+
+    def _handle_batch(
+        self, message: PubSubMessage, ride_events: list[Any], started: float
+    ) -> list[dict[str, Any]]:
+        if not ride_events:
+            raise InvalidRideError("message data is an empty array of rides")
+        if len(ride_events) > self.settings.max_batch_rides:
+            raise InvalidRideError(
+                f"message holds {len(ride_events)} rides, over the limit of "
+                f"{self.settings.max_batch_rides}"
+            )
+        valid: list[tuple[int, RideRequest]] = []
+        rejected: list[tuple[int, Any, InvalidRideError]] = []
+        for index, ride_event in enumerate(ride_events):
+            try:
+                valid.append((index, validate_ride_event(ride_event)))
+            except InvalidRideError as error:
+                rejected.append((index, ride_event, error))
+
+        outgoing: list[OutgoingMessage] = []
+        prediction_messages: list[dict[str, Any]] = []
+        model: LoadedModel | None = None
+        if valid:
+            model = self.model_loader.get()
+            predictions = model.predict([request.features for _, request in valid])
+            for (index, request), prediction in zip(valid, predictions, strict=True):
+                try:
+                    prediction_message = self._prediction_message(model, request, prediction)
+                except InvalidRideError as error:
+                    rejected.append((index, request.ride_event, error))
+                    continue
+                prediction_messages.append(prediction_message)
+                outgoing.append(self._outgoing(prediction_message, model, message, index))
+
+        for index, ride_event, error in sorted(rejected, key=lambda item: item[0]):
+            error.ride_index = index
+            self._reject(message, json.dumps(ride_event).encode(), error)
+        if outgoing:
+            self.publisher.publish(self.settings.output_topic_path, outgoing)
+        self._log_handled(
+            message, started, model, ride_count=len(ride_events), rejected_count=len(rejected)
+        )
+        return prediction_messages
+
+    def _prediction_message(
+        self, model: LoadedModel, request: RideRequest, prediction: Any
+    ) -> dict[str, Any]:
+        duration = float(prediction)
+        if not math.isfinite(duration):
+            raise InvalidRideError(f"the model predicted {duration} for this ride")
+        return {
+            "model": model.name,
+            "version": model.version,
+            "prediction": {"ride_duration": round(duration), "ride_id": request.ride_id},
+        }
+
+    @staticmethod
+    def _outgoing(
+        prediction_message: dict[str, Any],
+        model: LoadedModel,
+        source: PubSubMessage,
+        ride_index: int | None = None,
+    ) -> OutgoingMessage:
+        attributes = {
+            "ride_id": str(prediction_message["prediction"]["ride_id"]),
+            "model_version": _truncate(model.version),
+            "source_message_id": source.message_id,
+        }
+        if ride_index is not None:
+            attributes["ride_index"] = str(ride_index)
+        return OutgoingMessage(json.dumps(prediction_message).encode(), attributes)
+
+    def _reject(self, message: PubSubMessage | None, raw: bytes, error: InvalidRideError) -> None:
+        """Log a permanent failure and park the message on the dead-letter topic if set.
+
+        A failed dead-letter publish raises ``PublishError``: the message is then redelivered
+        instead of vanishing.
+        """
+        fields: dict[str, Any] = {
+            "reason": error.reason,
+            "message_id": message.message_id if message else "",
+        }
+        if error.ride_index is not None:
+            fields["ride_index"] = error.ride_index
+        logger.error("rejected message: %s", error.reason, extra={"fields": fields})
+        dead_letter_topic = self.settings.dead_letter_topic_path
+        if dead_letter_topic is None:
+            return
+        self.publisher.publish(dead_letter_topic, [dead_letter_message(message, raw, error)])
+
+    def _log_handled(
+        self,
+        message: PubSubMessage,
+        started: float,
+        model: LoadedModel | None,
+        **fields: Any,
+    ) -> None:
+        if not logger.isEnabledFor(self._message_log_level):
+            return
+        fields.update(
+            message_id=message.message_id,
+            model_version=model.version if model else None,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        logger.log(self._message_log_level, "prediction published", extra={"fields": fields})
+
+
+def dead_letter_message(
+    message: PubSubMessage | None, raw: bytes, error: InvalidRideError
+) -> OutgoingMessage:
+    """The dead-letter format: the original bytes, with the source's attributes kept as they are
+    and ``dlq_*`` attributes saying why and where from (see README, "Failure handling")."""
+    source_data = message.data if message else None
+    if not raw and isinstance(source_data, str):
+        raw = source_data.encode()  # undecodable base64: keep what arrived
+    attributes: dict[str, str] = {}
+    if message is not None:
+        attributes.update(
+            (str(key), str(value))
+            for key, value in list(message.attributes.items())[:90]
+            if not str(key).startswith("dlq_")
+        )
+    attributes.update(
+        dlq_reason=_truncate(error.reason),
+        dlq_source_message_id=message.message_id if message else "",
+        dlq_source_publish_time=message.publish_time if message else "",
+        dlq_source_subscription=message.subscription if message else "",
+    )
+    if error.ride_index is not None:
+        attributes["dlq_ride_index"] = str(error.ride_index)
+    return OutgoingMessage(raw, attributes)
+
+
+_service: PredictionService | None = None
+_service_lock = threading.Lock()
+
+
+def build_service(settings: Settings) -> PredictionService:
+    """Wire the real model loader and publisher for ``settings`` (nothing is loaded yet)."""
+    logger.setLevel(settings.log_level)
+    return PredictionService(
+        settings,
+        ModelLoader(
+            settings.model_uri,
+            settings.model_name,
+            settings.model_version,
+            load_timeout_seconds=settings.model_load_timeout_seconds,
+        ),
+        PubSubPublisher(timeout_seconds=settings.publish_timeout_seconds),
+    )
+
+
+def get_service() -> PredictionService:
+    """The process-wide service, built from the environment on first use."""
+    global _service
+    service = _service
+    if service is None:
+        with _service_lock:
+            if _service is None:
+                _service = build_service(settings_from_env())
+            service = _service
+    return service
+
+
+@functions_framework.cloud_event
+def predict_duration(cloud_event: Any) -> dict[str, Any] | list[Any] | None:
+    """Entry point: a Pub/Sub CloudEvent (or a plain dict of the same shape) in.
+
+    Returns the prediction message (a list of them for a batch message), or None when the
+    message was rejected as permanently invalid.
+    """
+    if isinstance(cloud_event, Mapping):
+        event_data, event_id = cloud_event.get("data"), cloud_event.get("id", "")
+    else:
+        event_data, event_id = cloud_event.data, cloud_event["id"]
+    return get_service().handle(event_data, str(event_id or ""))

@@ -1,0 +1,211 @@
+"""Shared fixtures: a real MLflow model trained once per session, the emulators, fakes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cloudevents.http import CloudEvent
+
+import main
+from devstack.emulators import PubSubEmulator, StorageEmulator
+from devstack.pubsub_admin import PubSubAdmin
+from devstack.storage import storage_client
+from publisher import OutgoingMessage
+from training.dataset import generate_rides
+from training.train import LoggedModel, log_model, split_rides, train
+
+DATA_DIR = Path(__file__).parent / "data"
+PROJECT_ID = "test-project"
+REGISTERED_NAME = "ride-duration-test"
+
+
+def load_json(name: str) -> Any:
+    """A JSON file from ``tests/data``."""
+    return json.loads((DATA_DIR / name).read_text())
+
+
+def pubsub_event_data(
+    payload: bytes | str | Any, message_id: str = "msg-1", attributes: dict | None = None
+) -> dict[str, Any]:
+    """The ``data`` of a Pub/Sub CloudEvent carrying ``payload`` (JSON-encoded unless bytes)."""
+    if isinstance(payload, str):
+        encoded = payload  # already base64 (or deliberately not)
+    else:
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        encoded = base64.b64encode(raw).decode()
+    return {
+        "message": {
+            "data": encoded,
+            "messageId": message_id,
+            "publishTime": "2024-01-08T08:22:49.792Z",
+            "attributes": attributes or {},
+        },
+        "subscription": f"projects/{PROJECT_ID}/subscriptions/taxi-ride-sub",
+    }
+
+
+def pubsub_cloud_event(payload: Any, message_id: str = "msg-1") -> CloudEvent:
+    """A CloudEvent as Eventarc delivers a Pub/Sub message."""
+    return CloudEvent(
+        {
+            "type": "google.cloud.pubsub.topic.v1.messagePublished",
+            "source": f"//pubsub.googleapis.com/projects/{PROJECT_ID}/topics/taxi-ride-streaming",
+            "id": message_id,
+        },
+        pubsub_event_data(payload, message_id),
+    )
+
+
+class RecordingPublisher:
+    """An in-memory publisher that records what it got; can be told to fail."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, OutgoingMessage]] = []
+        self.failure: Exception | None = None
+
+    def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[str]:
+        if self.failure is not None:
+            raise self.failure
+        self.published.extend((topic, message) for message in messages)
+        return [str(len(self.published) - i) for i in range(len(messages))]
+
+    def to(self, topic: str) -> list[OutgoingMessage]:
+        """Messages published to ``topic``."""
+        return [message for published_topic, message in self.published if published_topic == topic]
+
+    def json_to(self, topic: str) -> list[Any]:
+        """Decoded JSON bodies published to ``topic``."""
+        return [json.loads(message.data) for message in self.to(topic)]
+
+
+@dataclass(frozen=True)
+class ModelFixture:
+    """A model logged to the session's MLflow store, plus the fitted pipeline to compare with."""
+
+    logged: LoggedModel
+    pipeline: Any
+
+    @property
+    def path(self) -> str:
+        """The logged model's local artifact directory (a ``MODEL_URI``)."""
+        return self.logged.artifact_location
+
+    def expected_duration(self, features: dict[str, Any]) -> int:
+        """The pipeline's own prediction for one ride, rounded as the function rounds."""
+        return round(float(self.pipeline.predict([features])[0]))
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private SQLite MLflow store for the whole session (never the repo's own)."""
+    store = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        yield uri
+    mlflow.set_tracking_uri("")
+
+
+@pytest.fixture(scope="session")
+def trained(mlflow_tracking_uri: str) -> Any:
+    """A small course pipeline fitted on synthetic rides."""
+    rides = generate_rides(n_rides=3000, n_zones=20, seed=7)
+    train_rides, validation_rides = split_rides([rides], seed=7)
+    return train(train_rides, validation_rides)
+
+
+@pytest.fixture(scope="session")
+def test_model(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> ModelFixture:
+    """The pipeline logged as cloudpickle and registered with the alias ``champion``."""
+    logged = log_model(
+        trained,
+        experiment="tests",
+        artifact_location=str(tmp_path_factory.mktemp("artifacts")),
+        register_name=REGISTERED_NAME,
+        alias="champion",
+    )
+    return ModelFixture(logged, trained.pipeline)
+
+
+@pytest.fixture(scope="session")
+def skops_model(trained: Any, test_model: ModelFixture) -> ModelFixture:
+    """The same pipeline logged in the skops format (MLflow 3's default)."""
+    logged = log_model(trained, experiment="tests", serialization_format="skops")
+    return ModelFixture(logged, trained.pipeline)
+
+
+@pytest.fixture
+def recording_publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+@pytest.fixture
+def json_logs() -> Iterator[list[dict[str, Any]]]:
+    """Every log line of the function, as the JSON objects written to stdout."""
+    lines: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(self.format(record)))
+
+    handler = Collect()
+    handler.setFormatter(main.CloudLoggingFormatter())
+    logger = logging.getLogger("ride_predictor")
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="session")
+def emulator_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("emulator-logs")
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(emulator_logs: Path) -> Iterator[PubSubEmulator]:
+    """The real Pub/Sub emulator, on a free port, for the session."""
+    emulator = PubSubEmulator(PROJECT_ID, emulator_logs).start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def storage_emulator(emulator_logs: Path) -> Iterator[StorageEmulator]:
+    """gcp-storage-emulator, on a free port, for the session."""
+    emulator = StorageEmulator(emulator_logs).start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def pubsub(
+    pubsub_emulator: PubSubEmulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[PubSubAdmin]:
+    """Admin access to the emulator; the code under test reaches it via PUBSUB_EMULATOR_HOST."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
+    admin = PubSubAdmin(pubsub_emulator.host, PROJECT_ID)
+    yield admin
+    admin.close()
+
+
+@pytest.fixture
+def gcs(storage_emulator: StorageEmulator, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A storage client on the emulator; MLflow reaches it via STORAGE_EMULATOR_HOST."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", storage_emulator.url)
+    return storage_client(storage_emulator.url, PROJECT_ID)
+
+
+def unique(prefix: str) -> str:
+    """A resource name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,379 @@
+"""main.py with fake CloudEvents, a real model and an in-memory publisher."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import main
+from features import prepare_features
+from model_loader import ModelLoader, ModelLoadError
+from publisher import PublishError
+from tests.conftest import (
+    PROJECT_ID,
+    ModelFixture,
+    RecordingPublisher,
+    load_json,
+    pubsub_cloud_event,
+    pubsub_event_data,
+)
+
+OUTPUT_TOPIC = f"projects/{PROJECT_ID}/topics/ride-predictions"
+DEAD_LETTER_TOPIC = f"projects/{PROJECT_ID}/topics/ride-dead-letter"
+SAMPLE_FEATURES = {"PU_DO": "130_205", "trip_distance": 3.66}
+
+
+@pytest.fixture(scope="module")
+def shared_loader(test_model: ModelFixture) -> ModelLoader:
+    """One loaded model for the module's tests (loading is tested in test_model_loader)."""
+    loader = ModelLoader(test_model.path, main.DEFAULT_MODEL_NAME)
+    loader.get()
+    return loader
+
+
+def make_service(
+    loader: ModelLoader, publisher: RecordingPublisher, **settings: Any
+) -> main.PredictionService:
+    return main.PredictionService(
+        main.Settings(model_uri=loader.model_uri, project_id=PROJECT_ID, **settings),
+        loader,
+        publisher,
+    )
+
+
+@pytest.fixture
+def service(
+    shared_loader: ModelLoader,
+    recording_publisher: RecordingPublisher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> main.PredictionService:
+    """The function's service with dead-lettering on, injected into main."""
+    injected = make_service(
+        shared_loader, recording_publisher, dead_letter_stream="ride-dead-letter"
+    )
+    monkeypatch.setattr(main, "_service", injected)
+    return injected
+
+
+def test_tutorial_plain_dict_event_gives_the_models_prediction(
+    service: main.PredictionService,
+    recording_publisher: RecordingPublisher,
+    test_model: ModelFixture,
+) -> None:
+    result = main.predict_duration(load_json("tutorial_event.json"))
+
+    expected = {
+        "model": "ride_duration_prediction_model",
+        "version": test_model.logged.run_id,
+        "prediction": {
+            "ride_duration": test_model.expected_duration(SAMPLE_FEATURES),
+            "ride_id": 123,
+        },
+    }
+    assert result == expected
+    (published,) = recording_publisher.to(OUTPUT_TOPIC)
+    assert json.loads(published.data) == expected
+    assert published.attributes == {
+        "ride_id": "123",
+        "model_version": test_model.logged.run_id,
+        "source_message_id": "1234567890",  # the event id: the tutorial's message has none
+    }
+
+
+def test_cloud_event_with_the_tutorial_base64_sample(
+    service: main.PredictionService,
+    recording_publisher: RecordingPublisher,
+    test_model: ModelFixture,
+) -> None:
+    sample_b64 = load_json("tutorial_event.json")["data"]["message"]["data"]
+    result = main.predict_duration(pubsub_cloud_event(sample_b64, message_id="9157203630716966"))
+
+    assert result["prediction"] == {
+        "ride_duration": test_model.expected_duration(SAMPLE_FEATURES),
+        "ride_id": 123,
+    }
+    (published,) = recording_publisher.to(OUTPUT_TOPIC)
+    assert published.attributes["source_message_id"] == "9157203630716966"
+
+
+@pytest.mark.parametrize(
+    "ride",
+    [
+        {"PULocationID": 1, "DOLocationID": 2, "trip_distance": 0.0},
+        {"PULocationID": 43, "DOLocationID": 238, "trip_distance": 25.1},
+        {"PULocationID": 264, "DOLocationID": 264, "trip_distance": 1},
+    ],
+)
+def test_output_equals_the_models_own_prediction_rounded(
+    service: main.PredictionService, test_model: ModelFixture, ride: dict[str, Any]
+) -> None:
+    result = main.predict_duration(pubsub_cloud_event({"ride": ride, "ride_id": "r-1"}))
+    assert result["prediction"]["ride_duration"] == test_model.expected_duration(
+        prepare_features(ride)
+    )
+    assert result["prediction"]["ride_id"] == "r-1"
+
+
+def test_model_name_and_version_come_from_the_environment(
+    test_model: ModelFixture,
+    recording_publisher: RecordingPublisher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODEL_URI", test_model.path)
+    monkeypatch.setenv("PROJECT_ID", PROJECT_ID)
+    monkeypatch.setenv("MODEL_NAME", "duration-v2")
+    monkeypatch.setenv("MODEL_VERSION", "2024-06-01")
+    settings = main.settings_from_env()
+    monkeypatch.setattr(
+        main,
+        "_service",
+        main.PredictionService(
+            settings,
+            ModelLoader(settings.model_uri, settings.model_name, settings.model_version),
+            recording_publisher,
+        ),
+    )
+
+    result = main.predict_duration(load_json("tutorial_event.json"))
+
+    assert (result["model"], result["version"]) == ("duration-v2", "2024-06-01")
+    assert recording_publisher.published[0][1].attributes["model_version"] == "2024-06-01"
+
+
+def test_settings_defaults_and_project_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "PROJECT_ID",
+        "PUBLISH_STREAM",
+        "DEAD_LETTER_STREAM",
+        "MODEL_NAME",
+        "MODEL_VERSION",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODEL_URI", "gs://bucket/1/run/artifacts/model")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "fallback-project")
+
+    settings = main.settings_from_env()
+
+    assert settings.output_topic_path == "projects/fallback-project/topics/ride-predictions"
+    assert settings.dead_letter_topic_path is None
+    assert settings.model_name == "ride_duration_prediction_model"
+    assert settings.model_version is None
+    assert settings.max_batch_rides == 1000
+
+
+def test_missing_model_uri_is_a_named_error() -> None:
+    with pytest.raises(main.MissingSettingError, match="MODEL_URI"):
+        main.settings_from_env({"PROJECT_ID": "p"})
+    with pytest.raises(main.MissingSettingError, match="PROJECT_ID or GOOGLE_CLOUD_PROJECT"):
+        main.settings_from_env({"MODEL_URI": "x"})
+
+
+INVALID_EVENT_DATA: list[tuple[str, Any, str]] = [
+    ("no message", {"subscription": "s"}, "no Pub/Sub message"),
+    ("message not an object", {"message": "x"}, "no Pub/Sub message"),
+    ("no data", {"message": {"messageId": "1"}}, "has no data"),
+    ("bad base64", pubsub_event_data("not base64!!"), "base64"),
+    ("bad UTF-8", pubsub_event_data(b"\xc3\x28"), "UTF-8"),
+    ("bad JSON", pubsub_event_data(b"{ride"), "JSON"),
+    ("NaN", pubsub_event_data(b'{"ride": {"trip_distance": NaN}, "ride_id": 1}'), "NaN"),
+    ("a number", pubsub_event_data(b"42"), "object or array"),
+    ("missing field", pubsub_event_data({"ride_id": 1}), "ride is missing"),
+    (
+        "wrong type",
+        pubsub_event_data(
+            {"ride": {"PULocationID": "130", "DOLocationID": 205, "trip_distance": 1}, "ride_id": 1}
+        ),
+        "PULocationID must be an integer",
+    ),
+    (
+        "out of range",
+        pubsub_event_data(
+            {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": -1}, "ride_id": 1}
+        ),
+        ">= 0",
+    ),
+    (
+        "oversized",
+        pubsub_event_data(b" " * (main.DEFAULT_MAX_MESSAGE_BYTES + 10)),
+        "over the limit",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("event_data", "reason"),
+    [(data, reason) for _, data, reason in INVALID_EVENT_DATA],
+    ids=[name for name, _, _ in INVALID_EVENT_DATA],
+)
+def test_invalid_input_is_acked_logged_once_and_dead_lettered(
+    service: main.PredictionService,
+    recording_publisher: RecordingPublisher,
+    json_logs: list[dict[str, Any]],
+    event_data: Any,
+    reason: str,
+) -> None:
+    assert main.predict_duration({"data": event_data, "id": "evt-1"}) is None
+
+    errors = [line for line in json_logs if line["severity"] == "ERROR"]
+    assert len(errors) == 1
+    assert reason in errors[0]["reason"]
+    assert recording_publisher.to(OUTPUT_TOPIC) == []
+    (dead_letter,) = recording_publisher.to(DEAD_LETTER_TOPIC)
+    assert reason in dead_letter.attributes["dlq_reason"]
+
+
+def test_dead_letter_keeps_the_original_bytes_ids_and_attributes(
+    service: main.PredictionService, recording_publisher: RecordingPublisher
+) -> None:
+    original = b'{"ride": {"PULocationID": 0}, "ride_id": 5}'
+    event_data = pubsub_event_data(original, message_id="m-77", attributes={"origin": "meter-3"})
+
+    main.predict_duration({"data": event_data})
+
+    (dead_letter,) = recording_publisher.to(DEAD_LETTER_TOPIC)
+    assert dead_letter.data == original
+    assert dead_letter.attributes == {
+        "origin": "meter-3",
+        "dlq_reason": "ride.PULocationID must be between 1 and 2147483647",
+        "dlq_source_message_id": "m-77",
+        "dlq_source_publish_time": "2024-01-08T08:22:49.792Z",
+        "dlq_source_subscription": f"projects/{PROJECT_ID}/subscriptions/taxi-ride-sub",
+    }
+
+
+def test_undecodable_base64_is_dead_lettered_as_received(
+    service: main.PredictionService, recording_publisher: RecordingPublisher
+) -> None:
+    main.predict_duration({"data": pubsub_event_data("%%%not-base64")})
+    (dead_letter,) = recording_publisher.to(DEAD_LETTER_TOPIC)
+    assert dead_letter.data == b"%%%not-base64"
+
+
+def test_without_a_dead_letter_topic_invalid_input_is_only_logged(
+    shared_loader: ModelLoader,
+    recording_publisher: RecordingPublisher,
+    json_logs: list[dict[str, Any]],
+) -> None:
+    service = make_service(shared_loader, recording_publisher)
+    assert service.handle(pubsub_event_data(b"not json")) is None
+    assert recording_publisher.published == []
+    assert [line["severity"] for line in json_logs] == ["ERROR"]
+
+
+def test_a_failed_publish_raises_so_pubsub_redelivers(
+    service: main.PredictionService, recording_publisher: RecordingPublisher
+) -> None:
+    recording_publisher.failure = PublishError("topic not found")
+    with pytest.raises(PublishError):
+        main.predict_duration(pubsub_cloud_event(load_json("sample_ride.json")))
+
+
+def test_a_failed_dead_letter_publish_raises_so_the_message_is_not_lost(
+    service: main.PredictionService, recording_publisher: RecordingPublisher
+) -> None:
+    recording_publisher.failure = PublishError("dead-letter topic not found")
+    with pytest.raises(PublishError):
+        main.predict_duration(pubsub_cloud_event(b"not json"))
+
+
+def test_an_unloadable_model_raises_and_a_valid_ride_is_not_lost(
+    recording_publisher: RecordingPublisher, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loader = ModelLoader(str(tmp_path / "no-model-here"), main.DEFAULT_MODEL_NAME)
+    monkeypatch.setattr(main, "_service", make_service(loader, recording_publisher))
+    with pytest.raises(ModelLoadError):
+        main.predict_duration(pubsub_cloud_event(load_json("sample_ride.json")))
+    assert recording_publisher.published == []
+
+
+def test_one_info_line_per_handled_message_with_the_ids(
+    service: main.PredictionService, json_logs: list[dict[str, Any]], test_model: ModelFixture
+) -> None:
+    main.predict_duration(pubsub_cloud_event(load_json("sample_ride.json"), message_id="m-1"))
+
+    (line,) = json_logs
+    assert line["severity"] == "INFO"
+    assert line["ride_id"] == 123
+    assert line["message_id"] == "m-1"
+    assert line["model_version"] == test_model.logged.run_id
+    assert isinstance(line["latency_ms"], float)
+    assert line["logging.googleapis.com/labels"]["ride_id"] == "123"
+
+
+def test_message_log_level_debug_silences_the_per_message_line(
+    shared_loader: ModelLoader,
+    recording_publisher: RecordingPublisher,
+    json_logs: list[dict[str, Any]],
+) -> None:
+    service = make_service(shared_loader, recording_publisher, message_log_level="DEBUG")
+    service.handle(pubsub_event_data(load_json("sample_ride.json")))
+    assert json_logs == []
+    assert len(recording_publisher.published) == 1
+
+
+def _ride_event(ride_id: Any, distance: float = 2.0) -> dict[str, Any]:
+    return {
+        "ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": distance},
+        "ride_id": ride_id,
+    }
+
+
+def test_batch_predicts_valid_rides_in_order_and_dead_letters_the_rest(
+    service: main.PredictionService,
+    recording_publisher: RecordingPublisher,
+    test_model: ModelFixture,
+) -> None:
+    batch = [_ride_event("a", 1.0), {"ride_id": "b"}, _ride_event("c", 9.5), "junk", _ride_event(4)]
+
+    results = main.predict_duration(pubsub_cloud_event(batch, message_id="batch-1"))
+
+    assert [r["prediction"]["ride_id"] for r in results] == ["a", "c", 4]
+    assert [r["prediction"]["ride_duration"] for r in results] == [
+        test_model.expected_duration({"PU_DO": "130_205", "trip_distance": d})
+        for d in (1.0, 9.5, 2.0)
+    ]
+    published = recording_publisher.to(OUTPUT_TOPIC)
+    assert [json.loads(m.data) for m in published] == results
+    assert [m.attributes["ride_index"] for m in published] == ["0", "2", "4"]
+    assert {m.attributes["source_message_id"] for m in published} == {"batch-1"}
+    dead_letters = recording_publisher.to(DEAD_LETTER_TOPIC)
+    assert [m.attributes["dlq_ride_index"] for m in dead_letters] == ["1", "3"]
+    assert [json.loads(m.data) for m in dead_letters] == [{"ride_id": "b"}, "junk"]
+
+
+@pytest.mark.parametrize(
+    ("batch", "reason"),
+    [([], "empty array"), ([_ride_event(i) for i in range(1001)], "over the limit of 1000")],
+    ids=["empty", "over-limit"],
+)
+def test_empty_and_over_limit_batches_are_permanent_errors(
+    service: main.PredictionService,
+    recording_publisher: RecordingPublisher,
+    batch: list[Any],
+    reason: str,
+) -> None:
+    assert main.predict_duration(pubsub_cloud_event(batch)) is None
+    assert recording_publisher.to(OUTPUT_TOPIC) == []
+    (dead_letter,) = recording_publisher.to(DEAD_LETTER_TOPIC)
+    assert reason in dead_letter.attributes["dlq_reason"]
+    assert json.loads(dead_letter.data) == batch
+
+
+def test_a_batch_is_not_acked_unless_every_publish_succeeds(
+    service: main.PredictionService, recording_publisher: RecordingPublisher
+) -> None:
+    recording_publisher.failure = PublishError("unavailable")
+    with pytest.raises(PublishError):
+        main.predict_duration(pubsub_cloud_event([_ride_event(1), _ride_event(2)]))
+
+
+def test_a_non_finite_prediction_is_a_permanent_error(
+    service: main.PredictionService, recording_publisher: RecordingPublisher
+) -> None:
+    result = main.predict_duration(pubsub_cloud_event(_ride_event(9, distance=1e308)))
+    assert result is None
+    assert recording_publisher.to(OUTPUT_TOPIC) == []
+    (dead_letter,) = recording_publisher.to(DEAD_LETTER_TOPIC)
+    assert "predicted" in dead_letter.attributes["dlq_reason"]

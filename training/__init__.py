@@ -1,0 +1,1 @@
+"""Training for the ride-duration model (not deployed with the function)."""
