@@ -39,3 +39,12 @@ train: $(STAMP)
 
 clean:
 	rm -rf $(VENV) dist .stack .pytest_cache .ruff_cache
+
+demo: $(STAMP)
+	$(PY) -m devstack demo
+
+up: $(STAMP)
+	$(PY) -m devstack up
+
+down: $(STAMP)
+	$(PY) -m devstack down

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from devstack.processes import ManagedProcess, free_port, http_status, wait_until
@@ -14,10 +15,17 @@ STARTUP_TIMEOUT_SECONDS = 90.0
 class PubSubEmulator:
     """``gcloud beta emulators pubsub start`` on 127.0.0.1; ready once it answers the REST API."""
 
-    def __init__(self, project_id: str, log_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        project_id: str,
+        log_dir: Path,
+        port: int | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.project_id = project_id
         self.log_dir = log_dir
         self.port = port or free_port()
+        self.extra_env = dict(extra_env or {})
         self._process: ManagedProcess | None = None
 
     @property
@@ -48,6 +56,7 @@ class PubSubEmulator:
                 "--quiet",
             ],
             self.log_dir / "pubsub-emulator.log",
+            env={**os.environ, **self.extra_env},
         )
         topics_url = f"http://{self.host}/v1/projects/{self.project_id}/topics"
         wait_until(
@@ -68,9 +77,15 @@ class PubSubEmulator:
 class StorageEmulator:
     """gcp-storage-emulator (in memory) on 127.0.0.1; ready once it lists buckets."""
 
-    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        port: int | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.log_dir = log_dir
         self.port = port or free_port()
+        self.extra_env = dict(extra_env or {})
         self._process: ManagedProcess | None = None
 
     @property
@@ -97,7 +112,7 @@ class StorageEmulator:
                 "--in-memory",
             ],
             self.log_dir / "storage-emulator.log",
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env},
         )
         wait_until(
             lambda: http_status(f"{self.url}/storage/v1/b") == 200,

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+_PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
 # Interval between readiness probes: the wait ends as soon as a probe succeeds.
 _POLL_INTERVAL_SECONDS = 0.05
 
@@ -56,6 +59,19 @@ def http_status(url: str, timeout_seconds: float = 2.0) -> int | None:
         return None
 
 
+def _adopt_orphans() -> None:
+    """Make this process the reaper of its orphaned descendants (Linux's child subreaper).
+
+    When a group leader exits before its children (gcloud before the emulator's Java), the
+    children are re-parented to us instead of to PID 1, so ``group_members`` can reap them: in
+    containers whose PID 1 never reaps, they would otherwise linger as zombies.
+    """
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
 class ManagedProcess:
     """A child process in its own process group, logging to a file; ``stop`` kills the group.
 
@@ -75,6 +91,7 @@ class ManagedProcess:
         self.command = list(command)
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        _adopt_orphans()
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
             self.command,
@@ -96,26 +113,31 @@ class ManagedProcess:
         return self.process.poll() is None
 
     def stop(self, grace_seconds: float = 10.0) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after ``grace_seconds``."""
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            pass
-        # Children may outlive the leader (or ignore SIGTERM): make sure the group is gone.
-        deadline = time.monotonic() + grace_seconds
-        while group_alive(self.pid):
-            if time.monotonic() > deadline:
-                os.killpg(self.pid, signal.SIGKILL)
-                deadline = time.monotonic() + grace_seconds
-            time.sleep(_POLL_INTERVAL_SECONDS)
+        """Stop the whole process group (see ``stop_process_group``) and reap the leader."""
+        stop_process_group(self.pid, grace_seconds)
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait()
+        self.process.wait()
         self._log.close()
+
+
+def stop_process_group(process_group_id: int, grace_seconds: float = 10.0) -> None:
+    """SIGTERM every process of the group, then SIGKILL what is left after ``grace_seconds``.
+
+    Returns once no live process of the group remains.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process_group_id, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_seconds
+        while group_members(process_group_id):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(_POLL_INTERVAL_SECONDS)
+        else:
+            return
 
 
 def group_members(process_group_id: int) -> list[int]:

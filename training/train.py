@@ -82,6 +82,7 @@ def train(train_rides: pd.DataFrame, validation_rides: pd.DataFrame) -> TrainedM
 class LoggedModel:
     """Where MLflow put the model, and the URI to give the function as ``MODEL_URI``."""
 
+    experiment_id: str
     run_id: str
     model_id: str
     artifact_location: str
@@ -155,7 +156,9 @@ def log_model(
                 register_name, alias, registered_version
             )
             model_uri = f"models:/{register_name}@{alias}"
-    return LoggedModel(run.info.run_id, info.model_id, artifact_uri, registered_version, model_uri)
+    return LoggedModel(
+        experiment_id, run.info.run_id, info.model_id, artifact_uri, registered_version, model_uri
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

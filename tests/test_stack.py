@@ -1,0 +1,188 @@
+"""End to end on the local stack: Stream A → push → functions-framework → Stream B."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.processes import group_members, http_status
+from devstack.stack import LocalStack, StackConfig, stack_processes
+from features import prepare_features
+from tests.conftest import ModelFixture, load_json, unique
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def local_stack(
+    test_model: ModelFixture, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalStack]:
+    """The whole stack, serving the session's test model from the GCS emulator."""
+    config = StackConfig(work_dir=tmp_path_factory.mktemp("stack"), model_dir=Path(test_model.path))
+    with LocalStack(config) as stack:
+        yield stack
+
+
+def _fresh_output_subscription(stack: LocalStack) -> str:
+    """A pull subscription on Stream B that sees only what is published from now on."""
+    subscription = unique("predictions-check")
+    stack.admin.create_subscription(subscription, stack.config.output_topic)
+    return subscription
+
+
+def test_200_rides_each_predicted_exactly_once(
+    local_stack: LocalStack, test_model: ModelFixture
+) -> None:
+    subscription = _fresh_output_subscription(local_stack)
+    batch = uuid.uuid4().hex[:8]
+    rides = {
+        f"{batch}-{i}": {
+            "PULocationID": 1 + i % 37,
+            "DOLocationID": 1 + (i * 7) % 41,
+            "trip_distance": round(0.3 + (i % 25) * 0.9, 2),
+        }
+        for i in range(200)
+    }
+    for ride_id, ride in rides.items():
+        local_stack.admin.publish(
+            local_stack.config.input_topic,
+            json.dumps({"ride": ride, "ride_id": ride_id}).encode(),
+        )
+
+    received = local_stack.admin.pull(subscription, expected=200, timeout_seconds=120)
+    received += local_stack.admin.drain(subscription, quiet_seconds=2)  # anything extra?
+
+    ride_ids = [json.loads(m.data)["prediction"]["ride_id"] for m in received]
+    assert sorted(ride_ids) == sorted(rides)  # all 200, none twice
+    for message in received:
+        prediction = json.loads(message.data)
+        ride_id = prediction["prediction"]["ride_id"]
+        assert prediction == {
+            "model": "ride_duration_prediction_model",
+            "version": test_model.logged.run_id,
+            "prediction": {
+                "ride_duration": test_model.expected_duration(prepare_features(rides[ride_id])),
+                "ride_id": ride_id,
+            },
+        }
+        assert message.attributes["ride_id"] == ride_id
+        assert message.attributes["model_version"] == test_model.logged.run_id
+        assert message.attributes["source_message_id"]
+
+
+def _gcloud(stack: LocalStack, config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        **stack.state.gcloud_env(),
+        "CLOUDSDK_CONFIG": str(config_dir),
+        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+    }
+    return subprocess.run(
+        ["gcloud", *args], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+
+
+def test_tutorial_gcloud_commands_carry_a_ride_to_its_prediction(
+    local_stack: LocalStack, test_model: ModelFixture, tmp_path: Path
+) -> None:
+    config = local_stack.config
+    local_stack.admin.drain(config.output_subscription, quiet_seconds=0.5)
+    message = (REPO_ROOT / "tests" / "data" / "sample_ride.json").read_text()
+
+    published = _gcloud(
+        local_stack, tmp_path, "pubsub", "topics", "publish", config.input_topic,
+        "--message", message,
+    )  # fmt: skip
+    assert "messageIds" in published.stdout
+
+    # The tutorial's step 06, polled until the prediction is there (gcloud returns at once).
+    predictions: list[Any] = []
+    deadline = time.monotonic() + 60
+    while not predictions and time.monotonic() < deadline:
+        pulled = _gcloud(
+            local_stack, tmp_path, "pubsub", "subscriptions", "pull",
+            config.output_subscription, "--auto-ack", "--format=json", "--limit=10",
+        )  # fmt: skip
+        predictions = [json.loads(item["message"]["data_decoded"]) for item in _decoded(pulled)]
+    sample = load_json("sample_ride.json")
+    assert predictions == [
+        {
+            "model": "ride_duration_prediction_model",
+            "version": test_model.logged.run_id,
+            "prediction": {
+                "ride_duration": test_model.expected_duration(prepare_features(sample["ride"])),
+                "ride_id": 123,
+            },
+        }
+    ]
+
+
+def _decoded(pulled: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    """``jq -r '.[].message.data' | base64 --decode``, in Python."""
+    import base64
+
+    items = json.loads(pulled.stdout or "[]")
+    for item in items:
+        item["message"]["data_decoded"] = base64.b64decode(item["message"]["data"])
+    return items
+
+
+def test_after_the_stack_stops_no_process_of_it_is_left(
+    test_model: ModelFixture, tmp_path: Path
+) -> None:
+    stack = LocalStack(StackConfig(work_dir=tmp_path, model_dir=Path(test_model.path)))
+    with stack:
+        groups = dict(stack.state.process_groups)
+        urls = [stack.state.function_url, stack.state.storage_url]
+        tagged = stack_processes(tmp_path)
+        assert len(tagged) >= 4  # gcloud + java, storage emulator, functions-framework
+    assert set(groups) == {"pubsub-emulator", "storage-emulator", "function"}
+    assert all(group_members(group) == [] for group in groups.values())
+    assert stack_processes(tmp_path) == []
+    assert [http_status(url) for url in urls] == [None, None]
+
+
+def test_demo_command_prints_ride_123_and_leaves_nothing(
+    test_model: ModelFixture, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "devstack", "demo", f"--work-dir={tmp_path}",
+         f"--model-dir={test_model.path}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert '"ride_id": 123' in result.stdout
+    assert f'"version": "{test_model.logged.run_id}"' in result.stdout
+    assert "4/4 predictions received" in result.stdout
+    assert stack_processes(tmp_path) == []
+
+
+def test_ctrl_c_tears_everything_down(test_model: ModelFixture, tmp_path: Path) -> None:
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "devstack", "serve", f"--work-dir={tmp_path}",
+         f"--model-dir={test_model.path}"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert serve.stdout is not None
+    for line in serve.stdout:  # wait until the stack says it is running
+        if "Ctrl-C stops it" in line:
+            break
+    assert len(stack_processes(tmp_path)) >= 4
+
+    serve.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+    serve.communicate(timeout=120)
+
+    assert serve.returncode == 0
+    assert stack_processes(tmp_path) == []
