@@ -109,6 +109,7 @@ class StackState:
             f"export CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB=http://{self.pubsub_host}/",
             "export CLOUDSDK_AUTH_ACCESS_TOKEN=local-emulator-token",
             f"export CLOUDSDK_CORE_PROJECT={self.project_id}",
+            f"export FUNCTION_URL={self.function_url}",
         ]
 
     def gcloud_env(self) -> dict[str, str]:
