@@ -112,13 +112,13 @@ def up(config: StackConfig) -> int:
 
 def serve(config: StackConfig) -> int:
     """Run the stack in the foreground until Ctrl-C (or SIGTERM), then tear it down."""
-    with LocalStack(config) as stack:
-        print("\n".join(stack.state.export_lines()), flush=True)
-        print("\nThe stack is running; Ctrl-C stops it.", flush=True)
-        try:
+    try:
+        with LocalStack(config) as stack:
+            print("\n".join(stack.state.export_lines()), flush=True)
+            print("\nThe stack is running; Ctrl-C stops it.", flush=True)
             signal.pause()
-        except KeyboardInterrupt:
-            step("stopping the stack")
+    except KeyboardInterrupt:  # the expected way out; the with block has torn everything down
+        step("stack stopped")
     return 0
 
 
