@@ -7,13 +7,15 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from devstack.processes import ManagedProcess, free_port, http_status, wait_until
+from devstack.processes import LocalService, http_status
 
 STARTUP_TIMEOUT_SECONDS = 90.0
 
 
-class PubSubEmulator:
+class PubSubEmulator(LocalService):
     """``gcloud beta emulators pubsub start`` on 127.0.0.1; ready once it answers the REST API."""
+
+    service_name = "pubsub-emulator"
 
     def __init__(
         self,
@@ -22,28 +24,22 @@ class PubSubEmulator:
         port: int | None = None,
         extra_env: Mapping[str, str] | None = None,
     ) -> None:
+        super().__init__(port)
         self.project_id = project_id
         self.log_dir = log_dir
-        self.port = port or free_port()
         self.extra_env = dict(extra_env or {})
-        self._process: ManagedProcess | None = None
 
     @property
     def host(self) -> str:
         """What ``PUBSUB_EMULATOR_HOST`` must hold."""
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def process(self) -> ManagedProcess | None:
-        """The running emulator process, if started."""
-        return self._process
-
     def start(self) -> PubSubEmulator:
-        """Start the emulator and wait until it lists topics."""
+        """Start the emulator (it runs as a Java child of gcloud) and wait until it lists topics."""
         data_dir = self.log_dir / f"pubsub-data-{self.port}"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._process = ManagedProcess(
-            "pubsub-emulator",
+        topics_url = f"http://{self.host}/v1/projects/{self.project_id}/topics"
+        self._launch(
             [
                 "gcloud",
                 "beta",
@@ -56,26 +52,17 @@ class PubSubEmulator:
                 "--quiet",
             ],
             self.log_dir / "pubsub-emulator.log",
-            env={**os.environ, **self.extra_env},
-        )
-        topics_url = f"http://{self.host}/v1/projects/{self.project_id}/topics"
-        wait_until(
+            {**os.environ, **self.extra_env},
             lambda: http_status(topics_url) == 200,
-            "the Pub/Sub emulator",
             STARTUP_TIMEOUT_SECONDS,
-            alive=self._process.is_running,
         )
         return self
 
-    def stop(self) -> None:
-        """Stop the emulator and its Java process."""
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
 
-
-class StorageEmulator:
+class StorageEmulator(LocalService):
     """gcp-storage-emulator (in memory) on 127.0.0.1; ready once it lists buckets."""
+
+    service_name = "storage-emulator"
 
     def __init__(
         self,
@@ -83,25 +70,18 @@ class StorageEmulator:
         port: int | None = None,
         extra_env: Mapping[str, str] | None = None,
     ) -> None:
+        super().__init__(port)
         self.log_dir = log_dir
-        self.port = port or free_port()
         self.extra_env = dict(extra_env or {})
-        self._process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
         """What ``STORAGE_EMULATOR_HOST`` must hold."""
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def process(self) -> ManagedProcess | None:
-        """The running emulator process, if started."""
-        return self._process
-
     def start(self) -> StorageEmulator:
         """Start the emulator and wait until it answers the JSON API."""
-        self._process = ManagedProcess(
-            "storage-emulator",
+        self._launch(
             [
                 sys.executable,
                 "-m",
@@ -112,18 +92,8 @@ class StorageEmulator:
                 "--in-memory",
             ],
             self.log_dir / "storage-emulator.log",
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env},
-        )
-        wait_until(
+            {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env},
             lambda: http_status(f"{self.url}/storage/v1/b") == 200,
-            "the GCS emulator",
             STARTUP_TIMEOUT_SECONDS,
-            alive=self._process.is_running,
         )
         return self
-
-    def stop(self) -> None:
-        """Stop the emulator."""
-        if self._process is not None:
-            self._process.stop()
-            self._process = None

@@ -121,6 +121,44 @@ class ManagedProcess:
         self._log.close()
 
 
+class LocalService:
+    """Base of the stack's services: one ``ManagedProcess`` on ``port``, ready when it answers."""
+
+    service_name = "service"
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self._process: ManagedProcess | None = None
+
+    @property
+    def process(self) -> ManagedProcess | None:
+        """The running process, if started."""
+        return self._process
+
+    def _launch(
+        self,
+        command: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str],
+        ready: Callable[[], bool],
+        timeout_seconds: float,
+        cwd: Path | None = None,
+    ) -> None:
+        """Start ``command`` and wait until ``ready``; stop it again if it never gets there."""
+        self._process = ManagedProcess(self.service_name, command, log_path, env=env, cwd=cwd)
+        try:
+            wait_until(ready, self.service_name, timeout_seconds, alive=self._process.is_running)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the service's whole process group (idempotent)."""
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+
 def stop_process_group(process_group_id: int, grace_seconds: float = 10.0) -> None:
     """SIGTERM every process of the group, then SIGKILL what is left after ``grace_seconds``.
 
