@@ -40,8 +40,9 @@ train: $(STAMP)
 
 # The AWS Lambda variant's deployment zip: handler and core modules only (standard library
 # to build, so no virtual environment needed). See docs/aws.md.
+AWS_ZIP ?= dist/aws-lambda.zip
 package-aws:
-	$(PYTHON) aws/build_zip.py dist/aws-lambda.zip
+	$(PYTHON) aws/build_zip.py $(AWS_ZIP)
 
 clean:
 	rm -rf $(VENV) dist .stack .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,12 @@ def create_stream(kinesis: Any, name: str, shard_count: int = 1) -> None:
     """Create a Kinesis data stream and wait until it is ACTIVE (polled, not slept for)."""
     kinesis.create_stream(StreamName=name, ShardCount=shard_count)
     wait_until(
-        lambda: kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"][
-            "StreamStatus"
-        ]
-        == "ACTIVE",
+        lambda: (
+            kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"][
+                "StreamStatus"
+            ]
+            == "ACTIVE"
+        ),
         f"Kinesis stream {name}",
         STREAM_READY_TIMEOUT_SECONDS,
     )
@@ -38,6 +41,42 @@ def read_stream(kinesis: Any, name: str) -> list[dict[str, Any]]:
                 break
             iterator = response.get("NextShardIterator")
     return records
+
+
+def read_as_lambda_event(kinesis: Any, name: str) -> dict[str, Any]:
+    """The stream's records shaped as the Lambda event a Kinesis event source mapping sends.
+
+    Every field the mapping fills is filled from the real records: base64 data, sequence number,
+    partition key, arrival time, the stream's ARN and the event id ``<shard id>:<sequence>``.
+    """
+    summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+    region = kinesis.meta.region_name
+    entries = []
+    for shard in kinesis.list_shards(StreamName=name)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        for record in kinesis.get_records(ShardIterator=iterator, Limit=10000)["Records"]:
+            entries.append(
+                {
+                    "kinesis": {
+                        "kinesisSchemaVersion": "1.0",
+                        "partitionKey": record["PartitionKey"],
+                        "sequenceNumber": record["SequenceNumber"],
+                        "data": base64.b64encode(record["Data"]).decode(),
+                        "approximateArrivalTimestamp": record[
+                            "ApproximateArrivalTimestamp"
+                        ].timestamp(),
+                    },
+                    "eventSource": "aws:kinesis",
+                    "eventVersion": "1.0",
+                    "eventID": f"{shard['ShardId']}:{record['SequenceNumber']}",
+                    "eventName": "aws:kinesis:record",
+                    "awsRegion": region,
+                    "eventSourceARN": summary["StreamARN"],
+                }
+            )
+    return {"Records": entries}
 
 
 def upload_directory(s3: Any, local_dir: Path, s3_uri: str) -> str:
