@@ -48,6 +48,7 @@ def read_as_lambda_event(kinesis: Any, name: str) -> dict[str, Any]:
 
     Every field the mapping fills is filled from the real records: base64 data, sequence number,
     partition key, arrival time, the stream's ARN and the event id ``<shard id>:<sequence>``.
+    A real mapping sends one event per shard, so use a one-shard stream to get a faithful event.
     """
     summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
     region = kinesis.meta.region_name
