@@ -114,6 +114,8 @@ class KinesisWriter:
         max_delay_seconds: float = DEFAULT_MAX_DELAY_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         self.max_attempts = max_attempts
         self.base_delay_seconds = base_delay_seconds
         self.max_delay_seconds = max_delay_seconds

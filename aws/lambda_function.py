@@ -100,7 +100,7 @@ def dead_letter_record(record: KinesisRecord, error: InvalidRideError) -> Output
     data = record.data if isinstance(record.data, str) else None
     truncated = data is not None and len(data) > MAX_DEAD_LETTER_DATA_CHARS
     envelope = {
-        "data": data[:MAX_DEAD_LETTER_DATA_CHARS] if truncated and data else data,
+        "data": data[:MAX_DEAD_LETTER_DATA_CHARS] if data is not None else None,
         "dlq_reason": error.reason[:_MAX_REASON_CHARS],
         "dlq_source_sequence_number": record.sequence_number,
         "dlq_source_partition_key": record.partition_key,

@@ -185,3 +185,8 @@ def test_records_kinesis_would_reject_cannot_be_built(data: bytes, key: str, mes
 
 def test_largest_allowed_record_can_be_built() -> None:
     assert OutputRecord(b"x" * (MAX_RECORD_BYTES - 256), "k" * 256).size == MAX_RECORD_BYTES
+
+
+def test_at_least_one_attempt_is_required() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        KinesisWriter(max_attempts=0)

@@ -416,7 +416,8 @@ def test_handler_builds_its_service_from_the_environment(
     monkeypatch.setattr(lambda_function, "_service", None)
     monkeypatch.setenv("MODEL_URI", test_model.path)
     monkeypatch.setenv("PREDICTIONS_STREAM_NAME", "out")
-    monkeypatch.delenv("DEAD_LETTER_STREAM_NAME", raising=False)
+    for name in ("DEAD_LETTER_STREAM_NAME", "LOG_LEVEL", "MESSAGE_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
 
     service = lambda_function.get_service()
 

@@ -33,7 +33,14 @@ def kinesis(aws_env: MotoServer) -> Any:
 def lambda_env(monkeypatch: pytest.MonkeyPatch, aws_env: MotoServer) -> pytest.MonkeyPatch:
     """A cold Lambda: the handler builds its service from the environment on first call."""
     monkeypatch.setattr(lambda_function, "_service", None)
-    for name in ("MODEL_NAME", "MODEL_VERSION", "DEAD_LETTER_STREAM_NAME"):
+    for name in (
+        "MODEL_NAME",
+        "MODEL_VERSION",
+        "DEAD_LETTER_STREAM_NAME",
+        "MODEL_LOAD_TIMEOUT_SECONDS",
+        "LOG_LEVEL",
+        "MESSAGE_LOG_LEVEL",
+    ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
