@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lint format test demo up down train package bench clean
+.PHONY: help venv lint format test demo up down train package package-aws bench clean
 
 help:
 	@echo "make demo    run Stream A -> function -> Stream B on local emulators"
@@ -13,6 +13,7 @@ help:
 	@echo "make up/down keep the local stack running / stop it"
 	@echo "make train   train a model into the local MLflow store"
 	@echo "make lint    ruff check and format check;  make format  fix them"
+	@echo "make package-aws  build the AWS Lambda zip (dist/aws-lambda.zip)"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@echo "… preparing $(VENV) (first run installs the dependencies, about a minute)"
@@ -36,6 +37,12 @@ test: lint
 
 train: $(STAMP)
 	$(PY) -m training.train
+
+# The AWS Lambda variant's deployment zip: handler and core modules only (standard library
+# to build, so no virtual environment needed). See docs/aws.md.
+AWS_ZIP ?= dist/aws-lambda.zip
+package-aws:
+	$(PYTHON) aws/build_zip.py $(AWS_ZIP)
 
 clean:
 	rm -rf $(VENV) dist .stack .pytest_cache .ruff_cache

@@ -16,6 +16,7 @@ from cloudevents.http import CloudEvent
 
 import main
 from devstack.emulators import PubSubEmulator, StorageEmulator
+from devstack.moto_server import MotoServer
 from devstack.pubsub_admin import PubSubAdmin
 from devstack.storage import storage_client
 from publisher import OutgoingMessage
@@ -204,6 +205,30 @@ def gcs(storage_emulator: StorageEmulator, monkeypatch: pytest.MonkeyPatch) -> A
     """A storage client on the emulator; MLflow reaches it via STORAGE_EMULATOR_HOST."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", storage_emulator.url)
     return storage_client(storage_emulator.url, PROJECT_ID)
+
+
+@pytest.fixture(scope="session")
+def moto_server(emulator_logs: Path) -> Iterator[MotoServer]:
+    """moto's standalone AWS API server (Kinesis, S3), on a free port, for the session."""
+    server = MotoServer(emulator_logs).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    """Point boto3 and MLflow at the moto server, with test credentials and nothing else.
+
+    The developer's own AWS profile, config and credentials files are hidden, so no test can
+    reach a real account.
+    """
+    for name, value in moto_server.client_environment().items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(DATA_DIR / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(DATA_DIR / "no-aws-credentials"))
+    return moto_server
 
 
 def unique(prefix: str) -> str:

@@ -1,0 +1,333 @@
+"""AWS Lambda ``lambda_function.lambda_handler``: Kinesis ride events in, predictions out.
+
+The tutorial's AWS variant of the Cloud Function in ``main.py``, over the same core: the same
+validation and features (``features``), the same lazily loaded MLflow model (``model_loader``;
+``MODEL_URI`` may be ``s3://…``) and the same output message. Only the trigger and the output
+differ: a Kinesis event source mapping delivers batches of records, and predictions go to the
+Kinesis stream ``PREDICTIONS_STREAM_NAME``, one record per ride, partitioned by ``ride_id``.
+
+Failures follow ``DESIGN.md``, mapped onto Kinesis' partial batch responses
+(``FunctionResponseTypes=["ReportBatchItemFailures"]`` on the event source mapping):
+
+* permanent (bad base64, JSON, shape or values; the model predicting NaN): one ERROR log line,
+  the record goes to ``DEAD_LETTER_STREAM_NAME`` when it is set, and it is *not* reported, so
+  the shard moves past it;
+* transient (the model cannot be loaded yet, a prediction or dead-letter record not written
+  after retries): the record's sequence number is returned in ``batchItemFailures`` and Lambda
+  delivers it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from features import InvalidRideError, RideRequest, parse_payload, validate_ride_event
+from kinesis_event import KinesisRecord, batch_response, decode_data, kinesis_records
+from kinesis_writer import MAX_PARTITION_KEY_CHARS, KinesisWriter, OutputRecord, RecordWriter
+from lambda_logging import install_log_handler
+from lambda_settings import LambdaSettings, settings_from_env
+from model_loader import LoadedModel, ModelLoader, ModelLoadError
+
+# The dead-letter record carries the source data as delivered (base64). A Kinesis record may
+# hold 1 MiB, whose base64 is a third larger than the 1 MiB a dead-letter record may hold, so
+# longer data is cut to this many characters and flagged ``dlq_data_truncated``.
+MAX_DEAD_LETTER_DATA_CHARS = 768 * 1024
+_MAX_REASON_CHARS = 1024
+
+# The same logger as the Cloud Function, so model_loader's lines come out in the same format.
+logger = logging.getLogger("ride_predictor")
+
+
+def ride_request(raw: bytes, max_bytes: int) -> RideRequest:
+    """Parse and validate one record's payload: one ride event, as ``DESIGN.md`` defines it.
+
+    A JSON array of rides (which the Pub/Sub function accepts) is refused: on Kinesis each ride
+    is its own record, which is what lets a failure be reported for that ride alone.
+    """
+    payload = parse_payload(raw, max_bytes)
+    if isinstance(payload, list):
+        raise InvalidRideError(
+            "record data is a JSON array: a Kinesis record must hold one ride event (an object)"
+        )
+    return validate_ride_event(payload)
+
+
+def prediction_message(model: LoadedModel, request: RideRequest, prediction: Any) -> dict[str, Any]:
+    """The output message, exactly the Cloud Function's (``DESIGN.md``, "Output").
+
+    A copy of ``main.PredictionService._prediction_message``, which cannot be imported without
+    functions-framework and the Pub/Sub client.
+    """
+    duration = float(prediction)
+    if not math.isfinite(duration):
+        raise InvalidRideError(f"the model predicted {duration} for this ride")
+    return {
+        "model": model.name,
+        "version": model.version,
+        "prediction": {"ride_duration": round(duration), "ride_id": request.ride_id},
+    }
+
+
+def prediction_record(message: dict[str, Any]) -> OutputRecord:
+    """The Kinesis record for one prediction, partitioned by its ride_id.
+
+    Partitioning by ride_id keeps every prediction of a ride on one shard, in order; a ride_id
+    is at most 256 characters (``features.MAX_RIDE_ID_CHARS``), the partition key limit.
+    """
+    return OutputRecord(
+        data=json.dumps(message).encode(),
+        partition_key=str(message["prediction"]["ride_id"]),
+    )
+
+
+def dead_letter_record(record: KinesisRecord, error: InvalidRideError) -> OutputRecord:
+    """The dead-letter record: a JSON envelope holding the source data as delivered and why.
+
+    Kinesis records have no attributes, so the ``dlq_*`` attributes of the Pub/Sub dead-letter
+    format become fields: ``{"data": <the source record's base64 data>, "dlq_reason": ...,
+    "dlq_source_sequence_number": ..., "dlq_source_partition_key": ...,
+    "dlq_source_event_source_arn": ..., "dlq_source_arrival_timestamp": ...,
+    "dlq_data_truncated": false}``. It keeps the source's partition key, so rejected records of
+    one key stay in order.
+    """
+    data = record.data if isinstance(record.data, str) else None
+    truncated = data is not None and len(data) > MAX_DEAD_LETTER_DATA_CHARS
+    envelope = {
+        "data": data[:MAX_DEAD_LETTER_DATA_CHARS] if data is not None else None,
+        "dlq_reason": error.reason[:_MAX_REASON_CHARS],
+        "dlq_source_sequence_number": record.sequence_number,
+        "dlq_source_partition_key": record.partition_key,
+        "dlq_source_event_source_arn": record.event_source_arn,
+        "dlq_source_arrival_timestamp": record.approximate_arrival_timestamp,
+        "dlq_data_truncated": truncated,
+    }
+    partition_key = record.partition_key or record.sequence_number
+    return OutputRecord(
+        data=json.dumps(envelope, default=str).encode(),
+        partition_key=partition_key[:MAX_PARTITION_KEY_CHARS],
+    )
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """A record that passed validation, with its ride."""
+
+    position: int
+    record: KinesisRecord
+    request: RideRequest
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    """A record that can never succeed, and why."""
+
+    position: int
+    record: KinesisRecord
+    error: InvalidRideError
+    ride_id: Any = None
+
+
+class KinesisPredictionService:
+    """Handles one Kinesis event: validate, predict, write, and report what failed."""
+
+    def __init__(
+        self, settings: LambdaSettings, model_loader: ModelLoader, writer: RecordWriter
+    ) -> None:
+        self.settings = settings
+        self.model_loader = model_loader
+        self.writer = writer
+        self._message_log_level = logging.getLevelName(settings.message_log_level)
+
+    def handle(self, event: Any, request_id: str = "") -> dict[str, list[dict[str, str]]]:
+        """Handle a Kinesis event; return the ``batchItemFailures`` response.
+
+        Raises ``kinesis_event.InvalidEventError`` for an event that is not from Kinesis. Any
+        other exception (a bug, a model that raises) propagates too, before anything is written:
+        Lambda then retries the whole batch, bisecting it when ``BisectBatchOnFunctionError``
+        is on, so one poisonous record ends up alone and, after ``MaximumRetryAttempts``, in the
+        event source mapping's on-failure destination.
+        """
+        started = time.perf_counter()
+        records = kinesis_records(event)
+        accepted, rejected = self._validate(records)
+        failed: set[str] = set()
+        model: LoadedModel | None = None
+        written = 0
+        if accepted:
+            try:
+                model = self.model_loader.get()
+            except ModelLoadError as error:
+                logger.warning(
+                    "model not loaded: the batch's valid records will be retried",
+                    extra={"fields": {"reason": str(error), "records": len(accepted)}},
+                )
+                failed.update(item.record.sequence_number for item in accepted)
+            else:
+                predicted, unpredictable = self._predict(model, accepted)
+                rejected.extend(unpredictable)
+                not_written = self._write_predictions(model, predicted, started)
+                failed |= not_written
+                written = len(predicted) - len(not_written)
+        failed |= self._dead_letter(sorted(rejected, key=lambda item: item.position))
+        response = batch_response(records, failed)
+        logger.info(
+            "batch handled",
+            extra={
+                "fields": {
+                    "aws_request_id": request_id,
+                    "records": len(records),
+                    "predictions_written": written,
+                    "rejected": len(rejected),
+                    "failed": len(response["batchItemFailures"]),
+                    "model_version": model.version if model else None,
+                    "latency_ms": _elapsed_ms(started),
+                }
+            },
+        )
+        return response
+
+    def _validate(self, records: list[KinesisRecord]) -> tuple[list[_Accepted], list[_Rejected]]:
+        accepted: list[_Accepted] = []
+        rejected: list[_Rejected] = []
+        max_bytes = self.settings.max_message_bytes
+        for position, record in enumerate(records):
+            try:
+                request = ride_request(decode_data(record, max_bytes), max_bytes)
+            except InvalidRideError as error:
+                rejected.append(_Rejected(position, record, error))
+            else:
+                accepted.append(_Accepted(position, record, request))
+        return accepted, rejected
+
+    def _predict(
+        self, model: LoadedModel, accepted: list[_Accepted]
+    ) -> tuple[list[tuple[_Accepted, dict[str, Any]]], list[_Rejected]]:
+        """Predict the whole batch in one model call; a non-finite prediction is permanent."""
+        predictions = model.predict([item.request.features for item in accepted])
+        predicted: list[tuple[_Accepted, dict[str, Any]]] = []
+        unpredictable: list[_Rejected] = []
+        for item, prediction in zip(accepted, predictions, strict=True):
+            try:
+                predicted.append((item, prediction_message(model, item.request, prediction)))
+            except InvalidRideError as error:
+                unpredictable.append(
+                    _Rejected(item.position, item.record, error, item.request.ride_id)
+                )
+        return predicted, unpredictable
+
+    def _write_predictions(
+        self,
+        model: LoadedModel,
+        predicted: list[tuple[_Accepted, dict[str, Any]]],
+        started: float,
+    ) -> set[str]:
+        """Write the predictions; return the sequence numbers of the records not written."""
+        if not predicted:
+            return set()
+        not_written = self.writer.put(
+            self.settings.predictions_stream_name,
+            [prediction_record(message) for _, message in predicted],
+        )
+        failed: set[str] = set()
+        for index, (item, message) in enumerate(predicted):
+            fields = {
+                "sequence_number": item.record.sequence_number,
+                "ride_id": item.request.ride_id,
+                "model_version": model.version,
+            }
+            if index in not_written:
+                failed.add(item.record.sequence_number)
+                logger.warning(
+                    "prediction not written: the record will be retried",
+                    extra={"fields": {**fields, "stream": self.settings.predictions_stream_name}},
+                )
+            elif logger.isEnabledFor(self._message_log_level):
+                fields.update(
+                    ride_duration=message["prediction"]["ride_duration"],
+                    latency_ms=_elapsed_ms(started),
+                )
+                logger.log(self._message_log_level, "prediction written", extra={"fields": fields})
+        return failed
+
+    def _dead_letter(self, rejected: list[_Rejected]) -> set[str]:
+        """Log every rejected record and write it to the dead-letter stream when one is set.
+
+        Returns the sequence numbers whose dead-letter record could not be written: those are
+        retried rather than lost.
+        """
+        for item in rejected:
+            fields: dict[str, Any] = {
+                "reason": item.error.reason,
+                "sequence_number": item.record.sequence_number,
+            }
+            if item.ride_id is not None:
+                fields["ride_id"] = item.ride_id
+            logger.error("rejected record: %s", item.error.reason, extra={"fields": fields})
+        stream = self.settings.dead_letter_stream_name
+        if not rejected or stream is None:
+            return set()
+        not_written = self.writer.put(
+            stream, [dead_letter_record(item.record, item.error) for item in rejected]
+        )
+        failed: set[str] = set()
+        for index in sorted(not_written):
+            sequence_number = rejected[index].record.sequence_number
+            failed.add(sequence_number)
+            logger.error(
+                "dead-letter record not written: the record will be retried",
+                extra={"fields": {"sequence_number": sequence_number, "stream": stream}},
+            )
+        return failed
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+_service: KinesisPredictionService | None = None
+_service_lock = threading.Lock()
+
+
+def build_service(settings: LambdaSettings) -> KinesisPredictionService:
+    """Wire the real model loader and Kinesis writer for ``settings`` (nothing is loaded yet)."""
+    install_log_handler(logger, settings.log_level)
+    return KinesisPredictionService(
+        settings,
+        ModelLoader(
+            settings.model_uri,
+            settings.model_name,
+            settings.model_version,
+            load_timeout_seconds=settings.model_load_timeout_seconds,
+        ),
+        KinesisWriter(),
+    )
+
+
+def get_service() -> KinesisPredictionService:
+    """The execution environment's service, built from the environment on first use.
+
+    Kept across invocations, so the model and the boto3 client are loaded once per warm
+    environment.
+    """
+    global _service
+    with _service_lock:
+        if _service is None:
+            _service = build_service(settings_from_env())
+        return _service
+
+
+def lambda_handler(event: Mapping[str, Any], context: Any) -> dict[str, list[dict[str, str]]]:
+    """Entry point for a Kinesis event source mapping with ``ReportBatchItemFailures``.
+
+    Returns ``{"batchItemFailures": [{"itemIdentifier": <sequenceNumber>}, ...]}`` listing the
+    records to deliver again (transient failures only).
+    """
+    request_id = getattr(context, "aws_request_id", "") if context is not None else ""
+    return get_service().handle(event, request_id=str(request_id or ""))
