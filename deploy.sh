@@ -76,6 +76,9 @@ Options (each also readable from the environment variable in brackets):
   --trigger-service-account NAME
                              [TRIGGER_SERVICE_ACCOUNT] the Eventarc trigger's identity,
                              default: FUNCTION_NAME-invoker
+  --build-service-account ACCOUNT
+                             [BUILD_SERVICE_ACCOUNT] an existing account (name or email) for
+                             Cloud Build; default: the project's default build account
   --runtime RUNTIME          [RUNTIME] default: python312
   --memory SIZE              [MEMORY] default: 1Gi
   --timeout DURATION         [TIMEOUT] default: 60s
@@ -184,7 +187,9 @@ query() {
   if ((status == 0)); then
     return 0
   fi
-  if grep -Eqi 'NOT_FOUND|not found|does not exist|status=\[404\]' "$WORK_DIR/stderr"; then
+  # "Permission denied (or it may not exist)" is not a "no": stop rather than create.
+  if ! grep -q PERMISSION_DENIED "$WORK_DIR/stderr" &&
+    grep -Eqi 'NOT_FOUND|not found|does not exist|status=\[404\]' "$WORK_DIR/stderr"; then
     return 1
   fi
   cat "$WORK_DIR/stderr" >&2
@@ -261,7 +266,7 @@ parse_args() {
         --mlflow-tracking-uri | --model-name | --model-version | --input-topic | \
         --output-topic | --output-subscription | --dead-letter-topic | \
         --dead-letter-subscription | --max-delivery-attempts | --service-account | \
-        --trigger-service-account | --runtime | --memory | --timeout | --max-instances | \
+        --trigger-service-account | --build-service-account | --runtime | --memory | --timeout | --max-instances | \
         --min-instances | --ingress-settings | --verify-timeout | --log-limit | --env)
         need_value "$@"
         value=$2
@@ -282,6 +287,7 @@ parse_args() {
           --max-delivery-attempts) MAX_DELIVERY_ATTEMPTS=$value ;;
           --service-account) SERVICE_ACCOUNT=$value ;;
           --trigger-service-account) TRIGGER_SERVICE_ACCOUNT=$value ;;
+          --build-service-account) BUILD_SERVICE_ACCOUNT=$value ;;
           --runtime) RUNTIME=$value ;;
           --memory) MEMORY=$value ;;
           --timeout) TIMEOUT=$value ;;
@@ -320,6 +326,7 @@ DEAD_LETTER_SUBSCRIPTION=${DEAD_LETTER_SUBSCRIPTION:-${DEAD_LETTER_TOPIC}-sub}
 MAX_DELIVERY_ATTEMPTS=${MAX_DELIVERY_ATTEMPTS:-10}
 SERVICE_ACCOUNT=${SERVICE_ACCOUNT:-${FUNCTION_NAME}-fn}
 TRIGGER_SERVICE_ACCOUNT=${TRIGGER_SERVICE_ACCOUNT:-${FUNCTION_NAME}-invoker}
+BUILD_SERVICE_ACCOUNT=${BUILD_SERVICE_ACCOUNT:-}
 RUNTIME=${RUNTIME:-python312}
 MEMORY=${MEMORY:-1Gi}
 TIMEOUT=${TIMEOUT:-60s}
@@ -540,6 +547,13 @@ deploy_function() {
     --max-instances="$MAX_INSTANCES"
     --ingress-settings="$INGRESS_SETTINGS"
   )
+  if [[ -n $BUILD_SERVICE_ACCOUNT ]]; then
+    # Projects created since 2024 may not let the default build account build (it lacks
+    # roles/cloudbuild.builds.builder); an account of your choosing avoids a project-wide grant.
+    local build_email=$BUILD_SERVICE_ACCOUNT
+    [[ $build_email == *@* ]] || build_email="${build_email}@${PROJECT_ID}.iam.gserviceaccount.com"
+    deploy+=(--build-service-account="projects/$PROJECT_ID/serviceAccounts/$build_email")
+  fi
   local fingerprint
   fingerprint=$(deploy_fingerprint "${deploy[@]}")
   if [[ $FORCE_DEPLOY != 1 ]] &&

@@ -390,6 +390,19 @@ def test_a_failure_stops_the_script_with_a_clear_message(
     assert not [call for call in calls if call[:2] == ["functions", "deploy"]]
 
 
+def test_a_failed_check_is_not_taken_for_absence(
+    fake_gcloud: FakeGcloud, run_deploy: Callable[..., Any]
+) -> None:
+    # "Permission denied (or it may not exist)": creating it anyway could clobber or duplicate.
+    fake_gcloud.set_state("not found", _after_deploy_answers(), fail="topics describe")
+
+    result = run_deploy(MODEL_URI=MODEL_URI)
+
+    assert result.returncode == 1
+    assert "could not check the current state" in result.stderr
+    assert not [call for call in fake_gcloud.changes() if call[:2] == ["pubsub", "topics"]]
+
+
 def test_model_uri_is_required(fake_gcloud: FakeGcloud, run_deploy: Callable[..., Any]) -> None:
     result = run_deploy()
 
@@ -591,6 +604,8 @@ DRY_RUNS: list[tuple[str, ...]] = [
         "--no-cpu-boost",
         "--dead-letter-topic",
         "rides-dlq",
+        "--build-service-account",
+        "builder",
     ),
     ("verify",),
     ("logs",),
