@@ -8,6 +8,7 @@ changes nothing and that a failure stops the script.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -687,3 +688,128 @@ def test_every_dry_run_command_passes_gclouds_parser(tmp_path: Path) -> None:
     _, code, stderr = _gcloud_verdict("gcloud pubsub topics create t1234 --no-such-flag", env)
     assert code == 2
     assert _ARGUMENT_ERROR.search(stderr)
+
+
+# The script reads gcloud's output through --format projections, which gcloud only evaluates
+# once an API answered, so the parser test above cannot see them. This runs each projection in
+# gcloud's own formatting code (its bundled Python) over resources shaped as the APIs return them.
+_FORMAT_RUNNER = """
+import io, json, sys
+sys.path[:0] = [sys.argv[1] + "/lib", sys.argv[1] + "/lib/third_party"]
+from googlecloudsdk.core.resource import resource_printer
+results = []
+for fmt, resource in json.load(sys.stdin):
+    out = io.StringIO()
+    resource_printer.Print([resource], fmt, out=out)
+    results.append(out.getvalue().rstrip("\\n"))
+print(json.dumps(results))
+"""
+
+
+def _format_of(line: str) -> str:
+    (value,) = [arg.split("=", 1)[1] for arg in shlex.split(line) if arg.startswith("--format=")]
+    return value
+
+
+def test_check_projections_read_what_deploy_sh_expects(tmp_path: Path) -> None:
+    env = _base_env(tmp_path)
+    info = subprocess.run(
+        ["gcloud", "info", "--format=value(basic.python_location,installation.sdk_root)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    python, sdk_root = info.stdout.strip().split("\t")
+    lines = _dry_run(("deploy", "--model-uri", MODEL_URI, "--cpu-boost"), env)
+    lines += _dry_run(("destroy", "--model-uri", MODEL_URI), env)
+    formats = {_format_of(line) for line in lines if "--format=" in line}
+
+    def find(fragment: str) -> str:
+        (fmt,) = [fmt for fmt in formats if fragment in fmt and "bindings" not in fmt]
+        return fmt
+
+    publisher_check = next(
+        _format_of(line) for line in lines if "topics get-iam-policy ride-predictions " in line
+    )
+    function = {
+        "name": f"projects/{PROJECT}/locations/{REGION}/functions/ride-prediction",
+        "state": "ACTIVE",
+        "labels": {"deploy-config": "f00d", "managed-by": "deploy-sh"},
+        "serviceConfig": {"service": f"projects/{PROJECT}/locations/{REGION}/services/rp"},
+        "eventTrigger": {"trigger": f"projects/{PROJECT}/locations/{REGION}/triggers/rp-1"},
+    }
+    prediction = '{"prediction": {"ride_duration": 18, "ride_id": "r-1"}}'
+    cases = [
+        # (format, resource, what deploy.sh must read)
+        (
+            publisher_check,
+            {"bindings": [{"role": "roles/pubsub.publisher", "members": ["user:a@b.c", SA]}]},
+            "roles/pubsub.publisher",
+        ),
+        (
+            publisher_check,
+            {"bindings": [{"role": "roles/pubsub.publisher", "members": [TRIGGER_SA]}]},
+            "",
+        ),
+        (publisher_check, {"bindings": [{"role": "roles/pubsub.viewer", "members": [SA]}]}, ""),
+        (publisher_check, {"etag": "BwX="}, ""),
+        (find("labels.deploy-config"), function, "f00d\tACTIVE"),
+        (
+            find("serviceConfig.service"),
+            function,
+            f"{function['serviceConfig']['service']}\t{function['eventTrigger']['trigger']}",
+        ),
+        (
+            find("transport.pubsub.subscription"),
+            {"transport": {"pubsub": {"subscription": "projects/p/subscriptions/s"}}},
+            "projects/p/subscriptions/s",
+        ),
+        (
+            find("deadLetterPolicy"),
+            {
+                "deadLetterPolicy": {
+                    "deadLetterTopic": "projects/p/topics/d",
+                    "maxDeliveryAttempts": 10,
+                }
+            },
+            "projects/p/topics/d\t10",
+        ),
+        (
+            find("startup-cpu-boost"),
+            {
+                "spec": {
+                    "template": {
+                        "metadata": {
+                            "annotations": {"run.googleapis.com/startup-cpu-boost": "true"}
+                        }
+                    }
+                }
+            },
+            "true",
+        ),
+        (find("value(labels)"), function, "deploy-config=f00d;managed-by=deploy-sh"),
+        (find("config.name"), {"config": {"name": "run.googleapis.com"}}, "run.googleapis.com"),
+        (
+            find("ackId"),
+            {
+                "ackId": "ACK-1",
+                "message": {
+                    "attributes": {"ride_id": "r-1"},
+                    "data": base64.b64encode(prediction.encode()).decode(),
+                },
+            },
+            f"ACK-1\tr-1\t{prediction}",
+        ),
+    ]
+    result = subprocess.run(
+        [python, "-c", _FORMAT_RUNNER, sdk_root],
+        input=json.dumps([[fmt, resource] for fmt, resource, _ in cases]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    outputs = json.loads(result.stdout)
+    assert outputs == [expected for _, _, expected in cases]
