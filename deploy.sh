@@ -97,7 +97,9 @@ Options (each also readable from the environment variable in brackets):
   --log-limit N              [LOG_LIMIT] lines for logs, default: 50
   --yes                      destroy without asking
   --dry-run                  print each gcloud command (one per line, shell-quoted) and run
-                             none of them; runtime-only values appear as UPPER_CASE placeholders
+                             none of them (without --project it reads the default project from
+                             gcloud's local configuration); values known only at run time
+                             appear as UPPER_CASE placeholders
   -h, --help                 this help
 EOF
 }
