@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# What the Cloud Function needs at runtime: exactly what .gcloudignore lets `gcloud functions
+# deploy` upload (DESIGN.md, "Where things live"); tests/test_packaging.py checks both agree.
+RUNTIME_FILES := main.py features.py model_loader.py publisher.py requirements.txt
+FUNCTION_NAME ?= ride-prediction
+DIST ?= dist
 
 .PHONY: help venv lint format test demo up down train package package-aws bench clean
 
@@ -12,7 +17,9 @@ help:
 	@echo "make test    lint and run every test"
 	@echo "make up/down keep the local stack running / stop it"
 	@echo "make train   train a model into the local MLflow store"
-	@echo "make lint    ruff check and format check;  make format  fix them"
+	@echo "make lint    ruff check and format check, shellcheck deploy.sh;  make format  fix them"
+	@echo "make package build $(DIST)/$(FUNCTION_NAME).zip: the function's source, as deployed"
+	@echo "./deploy.sh  deploy to GCP (see ./deploy.sh --help and README, \"Deploy to GCP\")"
 	@echo "make package-aws  build the AWS Lambda zip (dist/aws-lambda.zip)"
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -27,6 +34,7 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/shellcheck deploy.sh
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
@@ -43,6 +51,16 @@ train: $(STAMP)
 AWS_ZIP ?= dist/aws-lambda.zip
 package-aws:
 	$(PYTHON) aws/build_zip.py $(AWS_ZIP)
+
+# The deployable source as a zip (e.g. for `gcloud functions deploy --source=gs://...zip`).
+# Only the standard library is needed, so no virtual environment.
+package: $(DIST)/$(FUNCTION_NAME).zip
+
+$(DIST)/$(FUNCTION_NAME).zip: $(RUNTIME_FILES)
+	@mkdir -p $(DIST)
+	@rm -f $@
+	$(PYTHON) -m zipfile -c $@ $(RUNTIME_FILES)
+	@echo "built $@"
 
 clean:
 	rm -rf $(VENV) dist .stack .pytest_cache .ruff_cache
