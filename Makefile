@@ -47,7 +47,7 @@ train: $(STAMP)
 	$(PY) -m training.train
 
 # The AWS Lambda variant's deployment zip: handler and core modules only (standard library
-# to build, so no virtual environment needed). See docs/aws.md.
+# to build, so no virtual environment needed). See README, "AWS: Lambda on Kinesis".
 AWS_ZIP ?= dist/aws-lambda.zip
 package-aws:
 	$(PYTHON) aws/build_zip.py $(AWS_ZIP)
