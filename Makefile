@@ -13,6 +13,7 @@ help:
 	@echo "make up/down keep the local stack running / stop it"
 	@echo "make train   train a model into the local MLflow store"
 	@echo "make lint    ruff check and format check;  make format  fix them"
+	@echo "make bench   benchmark vs the tutorial's function (a few minutes; bench/results)"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@echo "… preparing $(VENV) (first run installs the dependencies, about a minute)"
@@ -48,3 +49,6 @@ up: $(STAMP)
 
 down: $(STAMP)
 	$(PY) -m devstack down
+
+bench: $(STAMP)
+	$(PY) -m bench
