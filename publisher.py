@@ -19,8 +19,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
 
 # The Publish API takes at most 1,000 messages and 10 MB per request; the byte budget leaves
 # room for the request's own framing.
@@ -34,12 +34,15 @@ class PublishError(RuntimeError):
     """A publish did not reach the server in time (a transient failure: retry the input)."""
 
 
-@dataclass(frozen=True)
-class OutgoingMessage:
-    """One Pub/Sub message: its bytes and string attributes."""
+class OutgoingMessage(NamedTuple):
+    """One Pub/Sub message: its bytes and string attributes.
+
+    A named tuple: a 1,000-ride message makes 1,000 of these, and a frozen dataclass takes
+    about 1 µs to build where a tuple takes a third of that.
+    """
 
     data: bytes
-    attributes: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, str] = MappingProxyType({})
 
 
 class MessagePublisher(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from features import (
     MAX_JSON_DEPTH,
     InvalidRideError,
+    _json_depth_exceeds,
+    _scan_depth_exceeds,
     parse_payload,
     prepare_features,
     validate_ride_event,
@@ -136,3 +139,44 @@ def test_nesting_up_to_the_limit_parses_and_brackets_in_strings_do_not_count() -
 def test_payload_at_exactly_the_limit_is_accepted() -> None:
     data = json.dumps({"ride_id": "x" * 100}).encode()
     assert parse_payload(data, max_bytes=len(data)) == {"ride_id": "x" * 100}
+
+
+def _random_json_like(rng: random.Random) -> str:
+    """Bracket soup: strings, escapes, non-ASCII text, unterminated strings, unbalanced brackets."""
+    pieces = [
+        "[",
+        "]",
+        "{",
+        "}",
+        '"',
+        "\\",
+        '\\"',
+        "\\\\",
+        "a",
+        ",",
+        ":",
+        " ",
+        '"[{"',
+        "1",
+        "é",
+        "\u2028",
+    ]
+    return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 60)))
+
+
+def test_the_fast_depth_check_agrees_with_the_character_scan() -> None:
+    rng = random.Random(20240108)
+    texts = [_random_json_like(rng) for _ in range(20_000)]
+    texts += [
+        "[" * depth + "]" * depth for depth in (0, 1, MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1, 100)
+    ]
+    texts += ["[" * MAX_JSON_DEPTH + '"]]]' + "]" * MAX_JSON_DEPTH, '"' + "[" * 40, "]][[" * 20]
+    texts.append(
+        json.dumps([{"ride": {"a": [1, 2, {"b": "[[[["}]}, "ride_id": i} for i in range(50)])
+    )
+    for limit in (1, 2, 3, MAX_JSON_DEPTH):
+        for text in texts:
+            assert _json_depth_exceeds(text, limit) == _scan_depth_exceeds(text, limit), (
+                text,
+                limit,
+            )
