@@ -92,13 +92,18 @@ def request_chunks(messages: Sequence[OutgoingMessage]) -> Iterator[Sequence[Out
 class _Call:
     """One ``publish`` call waiting in its topic's queue; its sender fills in the outcome."""
 
-    __slots__ = ("error", "ids", "messages", "size")
+    __slots__ = ("error", "ids", "messages", "size", "wakeup")
 
-    def __init__(self, messages: Sequence[OutgoingMessage], size: int) -> None:
+    def __init__(
+        self, messages: Sequence[OutgoingMessage], size: int, lock: threading.Lock
+    ) -> None:
         self.messages = messages
         self.size = size
         self.ids: list[str] | None = None
         self.error: BaseException | None = None
+        # Its own condition on the publisher's lock: a sender wakes exactly the calls it
+        # finished and the one that sends next, not every waiting thread.
+        self.wakeup = threading.Condition(lock)
 
     @property
     def finished(self) -> bool:
@@ -118,8 +123,8 @@ class PubSubPublisher:
         self._client: Any = None
         self._lock = threading.Lock()
         # Group commit state, per topic: the calls waiting to be sent, and whether a call is
-        # sending an RPC right now. One condition for all topics: waiters re-check their own.
-        self._changed = threading.Condition()
+        # sending an RPC right now; guarded by one lock.
+        self._state = threading.Lock()
         self._queues: dict[str, list[_Call]] = {}
         self._sending: set[str] = set()
 
@@ -149,14 +154,14 @@ class PubSubPublisher:
                 ids += self._send_or_raise(topic, chunk, deadline)
             return ids
 
-        call = _Call(messages, size)
-        with self._changed:
+        call = _Call(messages, size, self._state)
+        with self._state:
             self._queues.setdefault(topic, []).append(call)
         while True:
-            with self._changed:
+            with self._state:
                 while not call.finished and topic in self._sending:
                     remaining = deadline - time.monotonic()
-                    timed_out = remaining <= 0 or not self._changed.wait(remaining)
+                    timed_out = remaining <= 0 or not call.wakeup.wait(remaining)
                     if timed_out and not call.finished:
                         self._abandon(topic, call)
                         raise PublishError(
@@ -177,7 +182,7 @@ class PubSubPublisher:
             outcome = self._send(topic, [m for queued in batch for m in queued.messages], deadline)
         except BaseException as error:  # every waiter must learn the outcome
             outcome = error
-        with self._changed:
+        with self._state:
             start = 0
             for queued in batch:
                 if isinstance(outcome, BaseException):
@@ -185,8 +190,9 @@ class PubSubPublisher:
                 else:
                     queued.ids = outcome[start : start + len(queued.messages)]
                     start += len(queued.messages)
+                queued.wakeup.notify()
             self._sending.discard(topic)
-            self._changed.notify_all()
+            self._wake_next_sender(topic)
 
     def _take_batch(self, topic: str) -> list[_Call]:
         """The oldest queued calls of ``topic`` that fit in one request (at least one)."""
@@ -205,11 +211,18 @@ class PubSubPublisher:
         del queue[:taken]
         return batch
 
+    def _wake_next_sender(self, topic: str) -> None:
+        """With nothing in flight to ``topic``, wake its oldest queued call to send."""
+        queue = self._queues.get(topic)
+        if queue and topic not in self._sending:
+            queue[0].wakeup.notify()
+
     def _abandon(self, topic: str, call: _Call) -> None:
         """Drop a timed-out call from its queue (if not yet taken by a sender)."""
         queue = self._queues.get(topic, [])
         if call in queue:
             queue.remove(call)
+            self._wake_next_sender(topic)  # it may have been woken to send, and now will not
 
     @staticmethod
     def _outcome(call: _Call, topic: str) -> list[str]:

@@ -1,8 +1,8 @@
 """``python -m bench``: the whole benchmark in one run (``make bench``).
 
 Starts the Pub/Sub and GCS emulators, trains the course model on a realistic vocabulary, puts
-it in a bucket, then runs ``--rounds`` interleaved rounds (baseline, floor, project, baseline,
-...) of ``harness.measure_variant`` and of the bare import times, measures the levers in
+it in a bucket, then runs ``--rounds`` interleaved rounds (baseline, floor, framework, project,
+baseline, ...) of ``harness.measure_variant`` and of the bare import times, measures the levers in
 process (``bench.levers``), and writes ``results.md``, ``results.json`` and ``bench.png``.
 Every process it starts is stopped when it ends, on error and on Ctrl-C too.
 """
@@ -38,6 +38,7 @@ from bench.harness import (
 from devstack.emulators import PubSubEmulator, StorageEmulator
 from devstack.function_server import REPO_ROOT
 from devstack.pubsub_admin import PubSubAdmin
+from devstack.stack import STACK_TAG_VARIABLE
 from devstack.storage import storage_client, upload_directory
 
 PROJECT_ID = "bench-project"
@@ -67,6 +68,13 @@ VARIANTS = (
         module="floor_main",
         description="no model: decode, constant prediction, publish().result()",
         bare_imports=FRAMEWORK,
+        uses_model=False,
+    ),
+    Variant(
+        name="framework",
+        module="framework_main",
+        description="functions-framework alone: the handler returns at once",
+        bare_imports=("functions_framework",),
         uses_model=False,
     ),
     Variant(
@@ -170,8 +178,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = train_model(work_dir, args.rides, args.zones)
     tutorial_dir = tutorial_copy(model_dir, work_dir)
 
-    pubsub = PubSubEmulator(PROJECT_ID, log_dir)
-    storage = StorageEmulator(log_dir)
+    # Every process the bench starts carries the tag, so leftovers can be found (and tested).
+    tag = {STACK_TAG_VARIABLE: str(work_dir.resolve())}
+    pubsub = PubSubEmulator(PROJECT_ID, log_dir, extra_env=tag)
+    storage = StorageEmulator(log_dir, extra_env=tag)
     admin: PubSubAdmin | None = None
     results: list[RoundResult] = []
     bare: dict[str, list[float]] = {variant.name: [] for variant in variants}
@@ -192,6 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "PUBLISH_STREAM": OUTPUT_TOPIC,
             "PUBSUB_EMULATOR_HOST": pubsub.host,
             "STORAGE_EMULATOR_HOST": storage.url,
+            **tag,
         }
         model_uris = {"baseline": tutorial_uri}
 
@@ -216,7 +227,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     variant_env["MODEL_URI"] = model_uris.get(variant.name, model_uri)
                 step(f"round {round_index}/{args.rounds}: {variant.name}")
                 result = measure_variant(
-                    variant, round_index, variant_env, log_dir, target, rides, batches, sizes
+                    variant,
+                    round_index,
+                    variant_env,
+                    log_dir,
+                    target,
+                    rides,
+                    batches,
+                    sizes,
+                    emulator_group=pubsub.process.pid if pubsub.process else None,
                 )
                 step(
                     f"  cold start {result.cold_start_s:.2f}s, "

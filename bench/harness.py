@@ -11,6 +11,8 @@ every call inside the function's process. For one round of one variant ``measure
 3. **CPU per message**: one pusher sends ``cpu_messages`` messages one at a time; the probe's
    ``time.process_time`` delta around each call is its in-process CPU time (all threads, so the
    Pub/Sub client's own threads count);
+   the CPU the function's processes (all threads) and the Pub/Sub emulator used in that window
+   is divided by the messages answered;
 4. **memory**: the PSS of every process of the function's process group (gunicorn's master and
    worker), read from ``/proc/<pid>/smaps_rollup`` right after step 3;
 5. **batches** (variants that take JSON arrays): ``batch_messages`` messages of ``batch_size``
@@ -25,6 +27,7 @@ import base64
 import http.client
 import itertools
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -102,6 +105,10 @@ class RoundResult:
     warm_errors: int
     warm_seconds: float
     warm_msgs_per_s: float
+    # CPU seconds used during the warm window, per 2xx message: the function's process group
+    # (every thread, framework included) and the Pub/Sub emulator's.
+    warm_function_cpu_ms: float
+    warm_emulator_cpu_ms: float
     cpu_ms: list[float]
     thread_cpu_ms: list[float]
     wall_ms: list[float]
@@ -253,6 +260,20 @@ def push_for(
     return sum(c[0] for c in counts), sum(c[1] for c in counts), elapsed
 
 
+def cpu_seconds_of_group(process_group_id: int | None) -> float:
+    """User + system CPU seconds of the live processes of a group, from /proc/<pid>/stat."""
+    if process_group_id is None:
+        return 0.0
+    ticks = 0
+    for pid in group_members(process_group_id):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def memory_of_group(process_group_id: int) -> tuple[int, int, int]:
     """(PSS, RSS, process count) summed over a live process group, from smaps_rollup."""
     pss = rss = 0
@@ -293,6 +314,7 @@ def measure_variant(
     rides: Sequence[dict[str, Any]],
     batches: Sequence[list[dict[str, Any]]],
     sizes: Sizes,
+    emulator_group: int | None = None,
 ) -> RoundResult:
     """One round of one variant: steps 1 to 5 of the module doc, then the process is stopped."""
     server = FunctionServer(
@@ -330,9 +352,16 @@ def measure_variant(
         cold_start = first["at"] - spawned
 
         push_for(server.port, path, bodies, sizes.concurrency, sizes.warmup_seconds)
+        assert server.process is not None
+        cpu_before = (
+            cpu_seconds_of_group(server.process.pid),
+            cpu_seconds_of_group(emulator_group),
+        )
         ok, failed, elapsed = push_for(
             server.port, path, bodies, sizes.concurrency, sizes.warm_seconds
         )
+        function_cpu = cpu_seconds_of_group(server.process.pid) - cpu_before[0]
+        emulator_cpu = cpu_seconds_of_group(emulator_group) - cpu_before[1]
 
         pusher = Pusher(server.port, path)
         _control(pusher, "reset")
@@ -381,6 +410,8 @@ def measure_variant(
         warm_errors=failed,
         warm_seconds=elapsed,
         warm_msgs_per_s=ok / elapsed,
+        warm_function_cpu_ms=function_cpu * 1000 / max(ok, 1),
+        warm_emulator_cpu_ms=emulator_cpu * 1000 / max(ok, 1),
         cpu_ms=[cpu * 1000 for _wall, cpu, _thread in records],
         thread_cpu_ms=[thread * 1000 for _wall, _cpu, thread in records],
         wall_ms=[wall * 1000 for wall, _cpu, _thread in records],

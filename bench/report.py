@@ -13,7 +13,7 @@ from bench.harness import percentile
 
 MIB = 2**20
 BATCH_TARGET_RIDES_PER_S = 100_000
-NAMES = ("baseline", "floor", "project")
+NAMES = ("baseline", "floor", "framework", "project")
 
 
 def machine_info() -> dict[str, Any]:
@@ -49,6 +49,8 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     metrics: dict[str, Callable[[dict[str, Any]], float]] = {
         "cold_start_s": lambda r: r["cold_start_s"],
         "warm_msgs_per_s": lambda r: r["warm_msgs_per_s"],
+        "warm_function_cpu_ms": lambda r: r["warm_function_cpu_ms"],
+        "warm_emulator_cpu_ms": lambda r: r["warm_emulator_cpu_ms"],
         "cpu_p50_ms": lambda r: percentile(r["cpu_ms"], 50),
         "cpu_p99_ms": lambda r: percentile(r["cpu_ms"], 99),
         "thread_cpu_p50_ms": lambda r: percentile(r["thread_cpu_ms"], 50),
@@ -137,6 +139,8 @@ ROWS = (
     ("bare import of its libraries (s)", "bare_import_s", 2),
     ("cold start ÷ bare import", "cold_over_bare", 2),
     ("warm throughput, 8 pushers (msg/s)", "warm_msgs_per_s", 0),
+    ("… function's CPU per message, all threads (ms)", "warm_function_cpu_ms", 3),
+    ("… Pub/Sub emulator's CPU per message (ms)", "warm_emulator_cpu_ms", 3),
     ("in-process CPU per message, p50 (ms)", "cpu_p50_ms", 3),
     ("in-process CPU per message, p99 (ms)", "cpu_p99_ms", 3),
     ("… of which the handler's thread, p50 (ms)", "thread_cpu_p50_ms", 3),
@@ -158,7 +162,7 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         f"`make bench` on {meta['cpus']} CPUs ({meta['machine']}, Python {meta['python']}, "
         f"{meta['memory_gib']} GiB); every figure is the median of {meta['rounds']} "
-        "interleaved rounds (baseline, floor, project, baseline, …). Model: the course "
+        f"interleaved rounds ({', '.join(names)}, {names[0]}, …). Model: the course "
         f"pipeline trained on {meta['rides_trained']:,} synthetic rides over {meta['zones']} "
         f"zones ({meta['model_bytes'] / MIB:.1f} MiB of artifacts), served from the GCS "
         f"emulator. The run took {meta['seconds']:.0f} s.",
@@ -265,7 +269,7 @@ def _round_lines(raw: dict[str, Any], names: Sequence[str]) -> list[str]:
     return lines
 
 
-COLORS = {"baseline": "#9e9e9e", "floor": "#64b5f6", "project": "#2e7d32"}
+COLORS = {"baseline": "#9e9e9e", "floor": "#64b5f6", "framework": "#ffb74d", "project": "#2e7d32"}
 
 
 def plot(raw: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
