@@ -123,11 +123,11 @@ def linear_predictor(model: Any) -> Predictor | None:
         or getattr(intercept, "ndim", 0) != 0
     ):
         return None
-    # feature name -> (column, weight): the column orders the terms as the sparse product does.
-    columns = {
-        name: (int(column), float(coefficients[column]))
-        for name, column in vectorizer.vocabulary_.items()
-    }
+    # The vectorizer's own feature -> column dict and the weights as Python floats (the same
+    # floats as indexing the array one by one). Nothing per feature is built: 60,000 new
+    # tuples would cost ~90 ms of the cold start, mostly in garbage collections.
+    columns = vectorizer.vocabulary_
+    weights = coefficients.tolist()
     separator = vectorizer.separator
     bias = float(intercept)
     fallback = model.predict
@@ -136,19 +136,23 @@ def linear_predictor(model: Any) -> Predictor | None:
         predictions = []
         lookup = columns.get
         for row in rows:
+            # (column, contribution) of the row's known features; the column orders the terms
+            # as the sparse product adds them.
             first: tuple[int, float] | None = None
             more: list[tuple[int, float]] | None = None
             for key, value in row.items():
                 if isinstance(value, str):
-                    term = lookup(f"{key}{separator}{value}")  # one-hot: 1.0 times the weight
+                    column = lookup(f"{key}{separator}{value}")
+                    if column is None:
+                        continue
+                    term = (column, weights[column])  # one-hot: 1.0 times the weight
                 elif isinstance(value, int | float):
-                    term = lookup(key)
-                    if term is not None:
-                        term = (term[0], float(value) * term[1])
+                    column = lookup(key)
+                    if column is None:
+                        continue
+                    term = (column, float(value) * weights[column])
                 else:
                     return fallback(rows)
-                if term is None:
-                    continue
                 if first is None:
                     first = term
                 elif more is None:
@@ -170,7 +174,7 @@ def linear_predictor(model: Any) -> Predictor | None:
 def _check_rows(model: Any) -> list[dict[str, Any]]:
     """Rows over the model's own vocabulary, to compare the fast path with the pipeline."""
     vectorizer = model.steps[0][1]
-    names = sorted(vectorizer.vocabulary_)
+    names = list(vectorizer.vocabulary_)  # a fixed order; sorting 60,000 names costs 15 ms
     step = max(1, len(names) // _FAST_PATH_CHECK_ROWS)
     numeric = [name for name in names if vectorizer.separator not in name]
     rows = []
