@@ -24,6 +24,7 @@ every call inside the function's process. For one round of one variant ``measure
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import itertools
 import json
@@ -35,7 +36,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,44 @@ PROBE = BENCH_DIR / "variants" / "probe.py"
 COLD_POLL_SECONDS = 0.005
 REQUEST_TIMEOUT_SECONDS = 120.0
 COLD_START_TIMEOUT_SECONDS = 120.0
+
+
+def _cpu_split() -> tuple[set[int], set[int]] | None:
+    """(CPUs for the function, CPUs for everything else), or None on fewer than 2 CPUs.
+
+    On Cloud Functions the function has its vCPU to itself and Pub/Sub runs elsewhere; here
+    the emulators and the pushers would otherwise compete with it for the same cores.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+CPU_SPLIT = _cpu_split()
+
+
+@contextlib.contextmanager
+def on_function_cpus() -> Iterator[None]:
+    """Run the block (and any process it spawns) on the function's CPUs, then move back.
+
+    Linux affinity is per thread and inherited by children: a process spawned here, and every
+    thread and process it starts later, stays on the function's CPUs.
+    """
+    if CPU_SPLIT is None:
+        yield
+        return
+    os.sched_setaffinity(0, CPU_SPLIT[0])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, CPU_SPLIT[1])
+
+
+def on_other_cpus() -> None:
+    """Keep the calling thread (and what it spawns) off the function's CPUs."""
+    if CPU_SPLIT is not None:
+        os.sched_setaffinity(0, CPU_SPLIT[1])
 
 
 @dataclass(frozen=True)
@@ -208,6 +247,7 @@ def _first_success(
     port: int, path: str, body: bytes, deadline: float, result: dict[str, Any]
 ) -> None:
     """POST ``body`` until a 2xx arrives; record when, and how many attempts it took."""
+    on_other_cpus()
     attempts = 0
     while time.perf_counter() < deadline:
         attempts += 1
@@ -237,6 +277,7 @@ def push_for(
     start = threading.Barrier(concurrency + 1)
 
     def run(index: int) -> None:
+        on_other_cpus()
         pusher = Pusher(port, path)
         cycle = itertools.cycle(bodies[index::concurrency] or bodies)
         start.wait()
@@ -342,7 +383,8 @@ def measure_variant(
     try:
         poller.start()
         spawned, spawned_wall = time.perf_counter(), time.time()
-        server.start()
+        with on_function_cpus():
+            server.start()
         poller.join(COLD_START_TIMEOUT_SECONDS)
         if "at" not in first:
             raise RuntimeError(
@@ -428,13 +470,16 @@ def bare_import_seconds(modules: Sequence[str], cwd: Path) -> float:
     """Spawn a fresh interpreter that only imports ``modules``; seconds from the spawn until
     it says the imports are done (its shutdown, which can take long, is not counted)."""
     began = time.perf_counter()
-    with subprocess.Popen(
-        [sys.executable, "-c", f"import {', '.join(modules)}; print('imported', flush=True)"],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    ) as process:
+    with (
+        on_function_cpus(),
+        subprocess.Popen(
+            [sys.executable, "-c", f"import {', '.join(modules)}; print('imported', flush=True)"],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        ) as process,
+    ):
         assert process.stdout is not None
         line = process.stdout.readline()
         imported = time.perf_counter()

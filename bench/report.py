@@ -165,7 +165,13 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any]) -> str:
         f"interleaved rounds ({', '.join(names)}, {names[0]}, …). Model: the course "
         f"pipeline trained on {meta['rides_trained']:,} synthetic rides over {meta['zones']} "
         f"zones ({meta['model_bytes'] / MIB:.1f} MiB of artifacts), served from the GCS "
-        f"emulator. The run took {meta['seconds']:.0f} s.",
+        f"emulator. The run took {meta['seconds']:.0f} s."
+        + (
+            f" Each function ran on CPU {meta['function_cpus']} alone (its bare import and the "
+            "in-process levers too); the emulators and the pushers ran on the other CPUs."
+            if meta.get("function_cpus")
+            else ""
+        ),
         "",
         "| | " + " | ".join(names) + " | project ÷ baseline | project ÷ floor |",
         "|---|" + "---:|" * (len(names) + 2),
