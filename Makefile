@@ -21,6 +21,7 @@ help:
 	@echo "make package build $(DIST)/$(FUNCTION_NAME).zip: the function's source, as deployed"
 	@echo "./deploy.sh  deploy to GCP (see ./deploy.sh --help and README, \"Deploy to GCP\")"
 	@echo "make package-aws  build the AWS Lambda zip (dist/aws-lambda.zip)"
+	@echo "make bench   benchmark vs the tutorial's function (a few minutes; bench/results)"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@echo "… preparing $(VENV) (first run installs the dependencies, about a minute)"
@@ -73,3 +74,6 @@ up: $(STAMP)
 
 down: $(STAMP)
 	$(PY) -m devstack down
+
+bench: $(STAMP)
+	$(PY) -m bench

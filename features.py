@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 # JSON nesting deeper than this is rejected before it can exhaust the interpreter's stack.
 MAX_JSON_DEPTH = 32
@@ -20,6 +20,7 @@ MAX_RIDE_ID_CHARS = 256
 RIDE_ID_INT_RANGE = range(-(2**63), 2**63)
 # Location ids are taxi zone numbers; the bound only keeps absurd values out of the features.
 MAX_LOCATION_ID = 2**31 - 1
+_MAX_FLOAT = sys.float_info.max
 
 
 class InvalidRideError(ValueError):
@@ -35,9 +36,12 @@ class InvalidRideError(ValueError):
         self.ride_index = ride_index
 
 
-@dataclass(frozen=True)
-class RideRequest:
-    """A validated ride event: the event as received, its id to echo back, the model's features."""
+class RideRequest(NamedTuple):
+    """A validated ride event: the event as received, its id to echo back, the model's features.
+
+    A named tuple rather than a frozen dataclass: a third of the cost to build, 1,000 times per
+    1,000-ride message.
+    """
 
     ride_event: dict[str, Any]
     ride_id: int | str
@@ -56,8 +60,45 @@ def _reject_constant(token: str) -> Any:
     raise InvalidRideError(f"invalid JSON: {token} is not a JSON number")
 
 
+# Keeps only what decides the nesting depth: brackets (as parentheses), quotes, backslashes.
+# Other ASCII characters are deleted; non-ASCII ones are kept (and send the text to the scan).
+_NESTING_ONLY = {code: None for code in range(128)} | {
+    ord("["): "(",
+    ord("{"): "(",
+    ord("]"): ")",
+    ord("}"): ")",
+    ord('"'): '"',
+    ord("\\"): "\\",
+}
+
+
 def _json_depth_exceeds(text: str, limit: int) -> bool:
-    """Tell whether brackets outside strings nest deeper than ``limit`` (cheap linear scan)."""
+    """Tell whether brackets outside strings nest deeper than ``limit``.
+
+    The exact answer of ``_scan_depth_exceeds`` in C-speed steps (that character loop costs
+    about 8 ms for a 1,000-ride message, this about 0.2 ms): keep brackets and quotes only,
+    drop what lies between quote pairs (the strings), then remove innermost ``()`` pairs, one
+    nesting level per pass. What this cannot settle (escapes or non-ASCII text, an odd number
+    of quotes, unbalanced or too deep brackets) goes to the character scan.
+    """
+    reduced = text.translate(_NESTING_ONLY)
+    quotes = reduced.count('"')
+    if quotes % 2 == 0 and reduced.count("(") + reduced.count(")") + quotes == len(reduced):
+        nesting = "".join(reduced.split('"')[::2])
+        for _ in range(limit):
+            if not nesting:
+                return False
+            shallower = nesting.replace("()", "")
+            if shallower == nesting:
+                break  # unbalanced
+            nesting = shallower
+        if not nesting:
+            return False
+    return _scan_depth_exceeds(text, limit)
+
+
+def _scan_depth_exceeds(text: str, limit: int) -> bool:
+    """Tell whether brackets outside strings nest deeper than ``limit`` (a linear scan)."""
     depth = 0
     in_string = False
     escaped = False
@@ -137,11 +178,56 @@ def _check_distance(ride: Mapping[str, Any]) -> None:
         raise InvalidRideError(f"ride.trip_distance must be >= 0, got {value}")
 
 
+# Integers up to this convert to a finite float; larger ones are left to the full check.
+_FLOAT_SAFE_INT = 2**1023
+
+
+def _common_valid_event(ride_event: Any) -> RideRequest | None:
+    """The request for an event of the usual, valid shape; None for anything else.
+
+    Plain types only (``type(x) is int`` also leaves out booleans), each test one the full
+    checks make too, so an event accepted here is one they accept; everything else, invalid
+    events included, goes through them. It halves validation in a 1,000-ride message.
+    """
+    if type(ride_event) is not dict:
+        return None
+    ride_id = ride_event.get("ride_id")
+    ride = ride_event.get("ride")
+    if type(ride) is not dict:
+        return None
+    if type(ride_id) is int:
+        if ride_id not in RIDE_ID_INT_RANGE:
+            return None
+    elif type(ride_id) is not str or not 0 < len(ride_id) <= MAX_RIDE_ID_CHARS:
+        return None
+    pickup, dropoff = ride.get("PULocationID"), ride.get("DOLocationID")
+    if not (
+        type(pickup) is int
+        and type(dropoff) is int
+        and 0 < pickup <= MAX_LOCATION_ID
+        and 0 < dropoff <= MAX_LOCATION_ID
+    ):
+        return None
+    distance = ride.get("trip_distance")
+    if type(distance) is float:
+        if not 0.0 <= distance <= _MAX_FLOAT:  # also false for NaN
+            return None
+    elif type(distance) is not int or not 0 <= distance <= _FLOAT_SAFE_INT:
+        return None
+    return RideRequest(ride_event, ride_id, prepare_features(ride))
+
+
 def validate_ride_event(ride_event: Any) -> RideRequest:
     """Validate one ride event as ``DESIGN.md`` defines it and build its features.
 
     Raises ``InvalidRideError`` with the first problem found. Extra fields are ignored.
     """
+    request = _common_valid_event(ride_event)
+    return request if request is not None else _checked_event(ride_event)
+
+
+def _checked_event(ride_event: Any) -> RideRequest:
+    """Every check of ``DESIGN.md``'s input rules, in order; raises with the first problem."""
     if not isinstance(ride_event, dict):
         raise InvalidRideError(f"ride event must be a JSON object, got {_json_type(ride_event)}")
     if "ride_id" not in ride_event:

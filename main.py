@@ -227,6 +227,33 @@ def _truncate(text: str, limit: int = _MAX_ATTRIBUTE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+@dataclass(frozen=True)
+class ModelConstants:
+    """What every output message of one model shares, computed once per Pub/Sub message."""
+
+    json_head: str  # the output JSON up to the duration's digits
+    attribute_version: str
+
+
+def model_constants(model: LoadedModel) -> ModelConstants:
+    """The parts of every output message that depend only on the model."""
+    head = json.dumps({"model": model.name, "version": model.version, "prediction": {}})
+    return ModelConstants(
+        json_head=head[: -len("{}}")] + '{"ride_duration": ',
+        attribute_version=_truncate(model.version),
+    )
+
+
+def encode_prediction(constants: ModelConstants, ride_duration: int, ride_id: int | str) -> bytes:
+    """The output message's bytes: exactly ``json.dumps`` of the ``DESIGN.md`` message.
+
+    Built from a per-model prefix because ``json.dumps`` of the whole message costs about
+    2.5 µs, a quarter of the time a ride in a 1,000-ride message may take (see README, "Speed").
+    """
+    encoded_id = json.dumps(ride_id) if isinstance(ride_id, str) else int.__repr__(ride_id)
+    return f'{constants.json_head}{ride_duration}, "ride_id": {encoded_id}}}}}'.encode()
+
+
 class PredictionService:
     """Handles one Pub/Sub message: decode, validate, predict, publish (see the module doc)."""
 
@@ -274,7 +301,7 @@ class PredictionService:
             return None
         self.publisher.publish(
             self.settings.output_topic_path,
-            [self._outgoing(prediction_message, model, message)],
+            [self._outgoing(prediction_message, model_constants(model), message)],
         )
         self._log_handled(
             message,
@@ -309,6 +336,7 @@ class PredictionService:
         if valid:
             model = self.model_loader.get()
             predictions = model.predict([request.features for _, request in valid])
+            constants = model_constants(model)
             for (index, request), prediction in zip(valid, predictions, strict=True):
                 try:
                     prediction_message = self._prediction_message(model, request, prediction)
@@ -316,7 +344,7 @@ class PredictionService:
                     rejected.append((index, request.ride_event, error))
                     continue
                 prediction_messages.append(prediction_message)
-                outgoing.append(self._outgoing(prediction_message, model, message, index))
+                outgoing.append(self._outgoing(prediction_message, constants, message, index))
 
         dead_letters = []
         for index, ride_event, error in sorted(rejected, key=lambda item: item[0]):
@@ -350,18 +378,22 @@ class PredictionService:
     @staticmethod
     def _outgoing(
         prediction_message: dict[str, Any],
-        model: LoadedModel,
+        constants: ModelConstants,
         source: PubSubMessage,
         ride_index: int | None = None,
     ) -> OutgoingMessage:
+        ride_id = prediction_message["prediction"]["ride_id"]
         attributes = {
-            "ride_id": str(prediction_message["prediction"]["ride_id"]),
-            "model_version": _truncate(model.version),
+            "ride_id": str(ride_id),
+            "model_version": constants.attribute_version,
             "source_message_id": source.message_id,
         }
         if ride_index is not None:
             attributes["ride_index"] = str(ride_index)
-        return OutgoingMessage(json.dumps(prediction_message).encode(), attributes)
+        data = encode_prediction(
+            constants, prediction_message["prediction"]["ride_duration"], ride_id
+        )
+        return OutgoingMessage(data, attributes)
 
     def _reject(
         self,

@@ -9,6 +9,7 @@ load is forgotten, so the next request tries again.
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import shutil
@@ -19,7 +20,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 logger = logging.getLogger("ride_predictor.model_loader")
 
@@ -82,22 +85,185 @@ def derive_version(
     raise ModelLoadError(f"{model_uri} has no registry version, run_id or model_uuid")
 
 
-def _predictor_for(local_path: str, flavors: dict[str, Any]) -> tuple[str, Predictor]:
-    """Load the model's own flavour when it is scikit-learn, else its generic pyfunc."""
-    if "sklearn" in flavors:
-        import mlflow.sklearn
-
-        # The sklearn flavour takes the feature dicts as they are; pyfunc's input
-        # conversion would turn them into a DataFrame, which a DictVectorizer cannot read.
-        sklearn_model = mlflow.sklearn.load_model(local_path)
-        return "sklearn", sklearn_model.predict
-    import mlflow.pyfunc
-
-    return "python_function", mlflow.pyfunc.load_model(local_path).predict
+# Serialisation formats of MLflow's sklearn flavour that ``load_model`` reads without MLflow.
+_PICKLE_FORMATS = ("cloudpickle", "pickle")
+# Rows compared between the linear fast path and the pipeline before the fast path is trusted.
+_FAST_PATH_CHECK_ROWS = 512
 
 
-def load_model(model_uri: str, model_name: str, version_override: str | None) -> LoadedModel:
-    """Download ``model_uri`` to a private temporary folder, load it, then delete the folder.
+def linear_predictor(model: Any) -> Predictor | None:
+    """A pure-Python ``predict`` for the course's pipeline, or None for any other model.
+
+    The course's model is ``DictVectorizer`` (sparse) followed by ``LinearRegression``: a
+    prediction is the intercept plus, for every known feature of the row, value times weight.
+    Calling the pipeline costs about 250 µs per call (input validation, a sparse matrix, a
+    matrix product) where a dictionary lookup per feature costs about 1 µs (see README,
+    "Speed"). The arithmetic is done exactly as SciPy's sparse product does it (terms in
+    column order, summed from 0.0, then the intercept added), so the results are the same
+    floats; ``load_model`` still checks that on this platform before using it.
+    Rows with values other than text or numbers go to the pipeline.
+    """
+    import numpy as np
+    from sklearn.feature_extraction import DictVectorizer
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+
+    if type(model) is not Pipeline or len(model.steps) != 2:
+        return None
+    (_, vectorizer), (_, regression) = model.steps
+    if type(vectorizer) is not DictVectorizer or type(regression) is not LinearRegression:
+        return None
+    coefficients = getattr(regression, "coef_", None)
+    intercept = getattr(regression, "intercept_", None)
+    if (
+        not vectorizer.sparse
+        or np.dtype(vectorizer.dtype) != np.float64
+        or coefficients is None
+        or coefficients.ndim != 1
+        or coefficients.dtype.kind != "f"
+        or getattr(intercept, "ndim", 0) != 0
+    ):
+        return None
+    # The vectorizer's own feature -> column dict and the weights as Python floats (the same
+    # floats as indexing the array one by one). Nothing per feature is built: 60,000 new
+    # tuples would cost ~90 ms of the cold start, mostly in garbage collections.
+    columns = vectorizer.vocabulary_
+    weights = coefficients.tolist()
+    separator = vectorizer.separator
+    bias = float(intercept)
+    fallback = model.predict
+
+    def predict(rows: Sequence[dict[str, Any]]) -> Sequence[float]:
+        predictions = []
+        lookup = columns.get
+        for row in rows:
+            # (column, contribution) of the row's known features; the column orders the terms
+            # as the sparse product adds them.
+            first: tuple[int, float] | None = None
+            more: list[tuple[int, float]] | None = None
+            for key, value in row.items():
+                if isinstance(value, str):
+                    column = lookup(f"{key}{separator}{value}")
+                    if column is None:
+                        continue
+                    term = (column, weights[column])  # one-hot: 1.0 times the weight
+                elif isinstance(value, int | float):
+                    column = lookup(key)
+                    if column is None:
+                        continue
+                    term = (column, float(value) * weights[column])
+                else:
+                    return fallback(rows)
+                if first is None:
+                    first = term
+                elif more is None:
+                    more = [first, term]
+                else:
+                    more.append(term)
+            total = 0.0
+            if more is not None:
+                for _column, contribution in sorted(more):
+                    total += contribution
+            elif first is not None:
+                total += first[1]
+            predictions.append(total + bias)
+        return predictions
+
+    return predict
+
+
+def _check_rows(model: Any) -> list[dict[str, Any]]:
+    """Rows over the model's own vocabulary, to compare the fast path with the pipeline."""
+    vectorizer = model.steps[0][1]
+    names = list(vectorizer.vocabulary_)  # a fixed order; sorting 60,000 names costs 15 ms
+    step = max(1, len(names) // _FAST_PATH_CHECK_ROWS)
+    numeric = [name for name in names if vectorizer.separator not in name]
+    rows = []
+    for index, name in enumerate(names[::step]):
+        key, separator, value = name.partition(vectorizer.separator)
+        row: dict[str, Any] = {key: value} if separator else {}
+        for offset, numeric_name in enumerate(numeric):
+            row[numeric_name] = ((index * 7919 + offset * 104729) % 100_003) / 997.0
+        rows.append(row)
+    rows.append({})  # no known feature: the intercept alone
+    return rows
+
+
+def sklearn_predictor(model: Any) -> Predictor:
+    """The fastest exact way to call a scikit-learn model: the linear fast path when it
+    applies and gives the pipeline's very floats on this platform, else ``model.predict``."""
+    fast = linear_predictor(model)
+    if fast is None:
+        return model.predict
+    try:
+        rows = _check_rows(model)
+        agrees = list(fast(rows)) == [float(value) for value in model.predict(rows)]
+    except Exception as error:  # the check must never stop a model from loading
+        logger.warning("linear fast path not checked (%r); not using it", error)
+        return model.predict
+    if not agrees:
+        logger.warning("linear fast path disagrees with the pipeline here; not using it")
+        return model.predict
+    return fast
+
+
+def _read_file(model_uri: str, name: str) -> bytes | None:
+    """Bytes of ``name`` in the model directory, when the URI is a plain local path or
+    ``gs://``; None for every other kind of URI (``runs:/``, ``models:/``, ``file:``, ``s3://``,
+    ...: MLflow then does the work)."""
+    scheme = urlsplit(model_uri).scheme
+    if scheme == "gs":
+        from google.auth.exceptions import DefaultCredentialsError
+        from google.cloud import storage
+
+        bucket, _, prefix = model_uri.removeprefix("gs://").partition("/")
+        try:
+            client = storage.Client()
+        except DefaultCredentialsError:  # as MLflow does: public buckets need no credentials
+            client = storage.Client.create_anonymous_client()
+        blob_name = f"{prefix.rstrip('/')}/{name}" if prefix.strip("/") else name
+        return client.bucket(bucket).blob(blob_name).download_as_bytes()
+    if scheme:
+        return None
+    return (Path(model_uri) / name).read_bytes()
+
+
+def _load_directly(model_uri: str) -> tuple[dict[str, Any], Any] | None:
+    """(MLmodel, model) read without MLflow, or None when MLflow must load this model.
+
+    Importing MLflow costs more than a second of a cold start and about 50 MiB (see README,
+    "Speed"); a model in MLflow's sklearn flavour, pickled or cloudpickled, with no code
+    paths, at a local path or on ``gs://``, needs none of it: read ``MLmodel`` (YAML), then
+    unpickle the file it names, as ``mlflow.sklearn`` does. Only those two files are fetched,
+    into memory: nothing is written to (in-memory) ``/tmp``.
+    """
+    mlmodel_bytes = _read_file(model_uri, "MLmodel")
+    if mlmodel_bytes is None:
+        return None
+    import yaml
+
+    mlmodel = yaml.safe_load(mlmodel_bytes)
+    sklearn_conf = (mlmodel.get("flavors") or {}).get("sklearn") or {}
+    if (
+        sklearn_conf.get("serialization_format") not in _PICKLE_FORMATS
+        or sklearn_conf.get("code")
+        or not sklearn_conf.get("pickled_model")
+    ):
+        return None
+    model_bytes = _read_file(model_uri, sklearn_conf["pickled_model"])
+    assert model_bytes is not None
+    if sklearn_conf["serialization_format"] == "cloudpickle":
+        import cloudpickle
+
+        return mlmodel, cloudpickle.loads(model_bytes)
+    import pickle
+
+    # The model store is trusted as MLflow trusts it: see README, "Model format".
+    return mlmodel, pickle.loads(model_bytes)  # noqa: S301
+
+
+def _load_with_mlflow(model_uri: str) -> tuple[str | None, str | None, str, Predictor]:
+    """Download with MLflow to a private temporary folder, load, then delete the folder.
 
     On Cloud Functions ``/tmp`` is in memory, so the downloaded copy would otherwise double the
     model's memory footprint for the life of the instance.
@@ -105,19 +271,46 @@ def load_model(model_uri: str, model_name: str, version_override: str | None) ->
     import mlflow.artifacts
     from mlflow.models import Model
 
-    started = time.perf_counter()
     download_dir = tempfile.mkdtemp(prefix="model-")
     try:
         local_path = mlflow.artifacts.download_artifacts(
             artifact_uri=model_uri, dst_path=download_dir
         )
         mlmodel = Model.load(local_path)
-        flavor, predict = _predictor_for(local_path, mlmodel.flavors)
+        if "sklearn" in mlmodel.flavors:
+            import mlflow.sklearn
+
+            # The sklearn flavour takes the feature dicts as they are; pyfunc's input
+            # conversion would turn them into a DataFrame, which a DictVectorizer cannot read.
+            sklearn_model = mlflow.sklearn.load_model(local_path)
+            flavor, predict = "sklearn", sklearn_predictor(sklearn_model)
+        else:
+            import mlflow.pyfunc
+
+            flavor, predict = "python_function", mlflow.pyfunc.load_model(local_path).predict
     finally:
         shutil.rmtree(download_dir, ignore_errors=True)
+    return mlmodel.run_id, mlmodel.model_uuid, flavor, predict
+
+
+def load_model(model_uri: str, model_name: str, version_override: str | None) -> LoadedModel:
+    """Load ``model_uri``: directly when ``_load_directly`` can, else through MLflow."""
+    started = time.perf_counter()
+    direct = _load_directly(model_uri)
+    if direct is not None:
+        mlmodel, sklearn_model = direct
+        run_id, model_uuid = mlmodel.get("run_id"), mlmodel.get("model_uuid")
+        flavor, predict = "sklearn", sklearn_predictor(sklearn_model)
+    else:
+        run_id, model_uuid, flavor, predict = _load_with_mlflow(model_uri)
+    # The model and the libraries just imported stay for the life of the instance: move them
+    # out of the garbage collector's sight. Its full collections otherwise walk them all (about
+    # 140,000 objects) and stall a request for tens of milliseconds (see README, "Speed").
+    # No gc.collect() first: it would cost ~90 ms of the cold start to free a few objects.
+    gc.freeze()
     loaded = LoadedModel(
         name=model_name,
-        version=derive_version(model_uri, mlmodel.run_id, mlmodel.model_uuid, version_override),
+        version=derive_version(model_uri, run_id, model_uuid, version_override),
         source_uri=model_uri,
         flavor=flavor,
         predict=predict,
@@ -129,6 +322,7 @@ def load_model(model_uri: str, model_name: str, version_override: str | None) ->
                 "model_uri": model_uri,
                 "model_version": loaded.version,
                 "flavor": flavor,
+                "mlflow": direct is None,
                 "load_ms": round((time.perf_counter() - started) * 1000, 1),
             }
         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
@@ -10,6 +11,10 @@ import pytest
 from features import (
     MAX_JSON_DEPTH,
     InvalidRideError,
+    _checked_event,
+    _common_valid_event,
+    _json_depth_exceeds,
+    _scan_depth_exceeds,
     parse_payload,
     prepare_features,
     validate_ride_event,
@@ -136,3 +141,84 @@ def test_nesting_up_to_the_limit_parses_and_brackets_in_strings_do_not_count() -
 def test_payload_at_exactly_the_limit_is_accepted() -> None:
     data = json.dumps({"ride_id": "x" * 100}).encode()
     assert parse_payload(data, max_bytes=len(data)) == {"ride_id": "x" * 100}
+
+
+def _random_json_like(rng: random.Random) -> str:
+    """Bracket soup: strings, escapes, non-ASCII text, unterminated strings, unbalanced brackets."""
+    pieces = [
+        "[",
+        "]",
+        "{",
+        "}",
+        '"',
+        "\\",
+        '\\"',
+        "\\\\",
+        "a",
+        ",",
+        ":",
+        " ",
+        '"[{"',
+        "1",
+        "é",
+        "\u2028",
+    ]
+    return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 60)))
+
+
+def test_the_fast_depth_check_agrees_with_the_character_scan() -> None:
+    rng = random.Random(20240108)
+    texts = [_random_json_like(rng) for _ in range(20_000)]
+    texts += [
+        "[" * depth + "]" * depth for depth in (0, 1, MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1, 100)
+    ]
+    texts += ["[" * MAX_JSON_DEPTH + '"]]]' + "]" * MAX_JSON_DEPTH, '"' + "[" * 40, "]][[" * 20]
+    texts.append(
+        json.dumps([{"ride": {"a": [1, 2, {"b": "[[[["}]}, "ride_id": i} for i in range(50)])
+    )
+    for limit in (1, 2, 3, MAX_JSON_DEPTH):
+        for text in texts:
+            assert _json_depth_exceeds(text, limit) == _scan_depth_exceeds(text, limit), (
+                text,
+                limit,
+            )
+
+
+def _event_variants(rng: random.Random) -> dict[str, Any] | Any:
+    """Ride events near the edges of every rule, valid and invalid."""
+    values = [0, 1, -1, 265, 2**31 - 1, 2**31, True, False, 1.0, "7", None, 2**63, -(2**63)]
+    distances = [0, 0.0, -0.0, 3.66, -1.5, float("nan"), float("inf"), 10**400, 2**1023, 2**1024]
+    distances += [True, "3.1", None, 1e308, 5e-324]
+    ride_ids: list[Any] = [123, "r-1", "", "x" * 256, "x" * 257, True, 1.5, None, 2**63 - 1]
+    ride_ids += [2**63, -(2**63), -(2**63) - 1, []]
+    ride: dict[str, Any] = {}
+    for field, choices in (
+        ("PULocationID", values),
+        ("DOLocationID", values),
+        ("trip_distance", distances),
+    ):
+        if rng.random() > 0.05:
+            ride[field] = rng.choice(choices)
+    event: dict[str, Any] = {}
+    if rng.random() > 0.05:
+        event["ride_id"] = rng.choice(ride_ids)
+    if rng.random() > 0.05:
+        event["ride"] = ride if rng.random() > 0.05 else rng.choice([None, [], "ride"])
+    return event if rng.random() > 0.02 else rng.choice([None, [], "event", 5])
+
+
+def test_the_common_shape_shortcut_accepts_only_what_the_full_checks_accept() -> None:
+    rng = random.Random(8)
+    accepted = 0
+    for _ in range(30_000):
+        event = _event_variants(rng)
+        shortcut = _common_valid_event(event)
+        try:
+            checked = _checked_event(event)
+        except InvalidRideError:
+            assert shortcut is None, event
+            continue
+        if shortcut is not None:
+            accepted += 1
+            assert shortcut == checked, event
+    assert accepted > 100  # the shortcut does serve the usual events

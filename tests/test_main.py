@@ -9,7 +9,7 @@ import pytest
 
 import main
 from features import prepare_features
-from model_loader import ModelLoader, ModelLoadError
+from model_loader import LoadedModel, ModelLoader, ModelLoadError
 from publisher import PublishError
 from tests.conftest import (
     PROJECT_ID,
@@ -377,3 +377,46 @@ def test_a_non_finite_prediction_is_a_permanent_error(
     assert recording_publisher.to(OUTPUT_TOPIC) == []
     (dead_letter,) = recording_publisher.to(DEAD_LETTER_TOPIC)
     assert "predicted" in dead_letter.attributes["dlq_reason"]
+
+
+def test_a_full_batch_keeps_order_ids_and_indexes_and_predicts_like_the_pipeline(
+    service: main.PredictionService,
+    recording_publisher: RecordingPublisher,
+    test_model: ModelFixture,
+) -> None:
+    ride_ids: list[Any] = [i if i % 3 else f"ride-{i}" for i in range(main.DEFAULT_MAX_BATCH_RIDES)]
+    batch = [_ride_event(ride_id, distance=(i % 97) / 7) for i, ride_id in enumerate(ride_ids)]
+    for i, event in enumerate(batch):
+        event["ride"]["PULocationID"] = 1 + i % 263
+        event["ride"]["DOLocationID"] = 1 + (i * 7) % 263
+
+    results = main.predict_duration(pubsub_cloud_event(batch, message_id="full"))
+
+    published = recording_publisher.to(OUTPUT_TOPIC)
+    expected = test_model.pipeline.predict([prepare_features(e["ride"]) for e in batch])
+    assert [r["prediction"]["ride_id"] for r in results] == ride_ids
+    assert [json.loads(m.data) for m in published] == results
+    assert [m.attributes["ride_index"] for m in published] == [str(i) for i in range(len(batch))]
+    assert [m.attributes["ride_id"] for m in published] == [str(i) for i in ride_ids]
+    assert [r["prediction"]["ride_duration"] for r in results] == [round(v) for v in expected]
+    assert recording_publisher.to(DEAD_LETTER_TOPIC) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "ride_id"),
+    [
+        ("ride_duration_prediction_model", "1249d7520918485082939f0da74a7e54", 123),
+        ('modèle "durée"', "v\\1\u2028", 'r-é"\\\n'),
+        ("m", "", -(2**63)),
+        ("m", "7", "😀" * 3),
+    ],
+)
+def test_encoded_predictions_are_exactly_json_dumps(name: str, version: str, ride_id: Any) -> None:
+    model = LoadedModel(name, version, "uri", "sklearn", lambda rows: [0.0] * len(rows))
+    message = {
+        "model": name,
+        "version": version,
+        "prediction": {"ride_duration": -3, "ride_id": ride_id},
+    }
+    encoded = main.encode_prediction(main.model_constants(model), -3, ride_id)
+    assert encoded == json.dumps(message).encode()
