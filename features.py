@@ -56,6 +56,24 @@ def prepare_features(ride: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def build_prediction_message(
+    model_name: str, model_version: str, ride_id: int | str, prediction: Any
+) -> dict[str, Any]:
+    """The output message of ``DESIGN.md`` for one ride, the same on every trigger.
+
+    The duration is the model's prediction rounded to whole minutes. A prediction that is not a
+    finite number can never become a valid message, so it is an ``InvalidRideError``.
+    """
+    duration = float(prediction)
+    if not math.isfinite(duration):
+        raise InvalidRideError(f"the model predicted {duration} for this ride")
+    return {
+        "model": model_name,
+        "version": model_version,
+        "prediction": {"ride_duration": round(duration), "ride_id": ride_id},
+    }
+
+
 def _reject_constant(token: str) -> Any:
     raise InvalidRideError(f"invalid JSON: {token} is not a JSON number")
 

@@ -15,7 +15,6 @@ import base64
 import binascii
 import json
 import logging
-import math
 import os
 import sys
 import threading
@@ -27,7 +26,13 @@ from typing import Any
 
 import functions_framework
 
-from features import InvalidRideError, RideRequest, parse_payload, validate_ride_event
+from features import (
+    InvalidRideError,
+    RideRequest,
+    build_prediction_message,
+    parse_payload,
+    validate_ride_event,
+)
 from model_loader import LoadedModel, ModelLoader
 from publisher import MessagePublisher, OutgoingMessage, PubSubPublisher, topic_path
 
@@ -295,7 +300,9 @@ class PredictionService:
         model = self.model_loader.get()
         (prediction,) = model.predict([request.features])
         try:
-            prediction_message = self._prediction_message(model, request, prediction)
+            prediction_message = build_prediction_message(
+                model.name, model.version, request.ride_id, prediction
+            )
         except InvalidRideError as error:
             self._reject(message, raw, error, started, request.ride_id)
             return None
@@ -339,7 +346,9 @@ class PredictionService:
             constants = model_constants(model)
             for (index, request), prediction in zip(valid, predictions, strict=True):
                 try:
-                    prediction_message = self._prediction_message(model, request, prediction)
+                    prediction_message = build_prediction_message(
+                        model.name, model.version, request.ride_id, prediction
+                    )
                 except InvalidRideError as error:
                     rejected.append((index, request.ride_event, error))
                     continue
@@ -362,18 +371,6 @@ class PredictionService:
             message, started, model, ride_count=len(ride_events), rejected_count=len(rejected)
         )
         return prediction_messages
-
-    def _prediction_message(
-        self, model: LoadedModel, request: RideRequest, prediction: Any
-    ) -> dict[str, Any]:
-        duration = float(prediction)
-        if not math.isfinite(duration):
-            raise InvalidRideError(f"the model predicted {duration} for this ride")
-        return {
-            "model": model.name,
-            "version": model.version,
-            "prediction": {"ride_duration": round(duration), "ride_id": request.ride_id},
-        }
 
     @staticmethod
     def _outgoing(

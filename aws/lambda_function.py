@@ -21,14 +21,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from features import InvalidRideError, RideRequest, parse_payload, validate_ride_event
+from features import (
+    InvalidRideError,
+    RideRequest,
+    build_prediction_message,
+    parse_payload,
+    validate_ride_event,
+)
 from kinesis_event import KinesisRecord, batch_response, decode_data, kinesis_records
 from kinesis_writer import MAX_PARTITION_KEY_CHARS, KinesisWriter, OutputRecord, RecordWriter
 from lambda_logging import install_log_handler
@@ -57,22 +62,6 @@ def ride_request(raw: bytes, max_bytes: int) -> RideRequest:
             "record data is a JSON array: a Kinesis record must hold one ride event (an object)"
         )
     return validate_ride_event(payload)
-
-
-def prediction_message(model: LoadedModel, request: RideRequest, prediction: Any) -> dict[str, Any]:
-    """The output message, exactly the Cloud Function's (``DESIGN.md``, "Output").
-
-    A copy of ``main.PredictionService._prediction_message``, which cannot be imported without
-    functions-framework and the Pub/Sub client.
-    """
-    duration = float(prediction)
-    if not math.isfinite(duration):
-        raise InvalidRideError(f"the model predicted {duration} for this ride")
-    return {
-        "model": model.name,
-        "version": model.version,
-        "prediction": {"ride_duration": round(duration), "ride_id": request.ride_id},
-    }
 
 
 def prediction_record(message: dict[str, Any]) -> OutputRecord:
@@ -215,7 +204,14 @@ class KinesisPredictionService:
         unpredictable: list[_Rejected] = []
         for item, prediction in zip(accepted, predictions, strict=True):
             try:
-                predicted.append((item, prediction_message(model, item.request, prediction)))
+                predicted.append(
+                    (
+                        item,
+                        build_prediction_message(
+                            model.name, model.version, item.request.ride_id, prediction
+                        ),
+                    )
+                )
             except InvalidRideError as error:
                 unpredictable.append(
                     _Rejected(item.position, item.record, error, item.request.ride_id)

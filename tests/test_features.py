@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from typing import Any
 
@@ -15,6 +16,7 @@ from features import (
     _common_valid_event,
     _json_depth_exceeds,
     _scan_depth_exceeds,
+    build_prediction_message,
     parse_payload,
     prepare_features,
     validate_ride_event,
@@ -222,3 +224,17 @@ def test_the_common_shape_shortcut_accepts_only_what_the_full_checks_accept() ->
             accepted += 1
             assert shortcut == checked, event
     assert accepted > 100  # the shortcut does serve the usual events
+
+
+def test_prediction_message_rounds_to_whole_minutes_and_echoes_the_ride_id() -> None:
+    assert build_prediction_message("m", "v1", "ride-7", 17.6) == {
+        "model": "m",
+        "version": "v1",
+        "prediction": {"ride_duration": 18, "ride_id": "ride-7"},
+    }
+
+
+@pytest.mark.parametrize("prediction", [math.nan, math.inf, -math.inf])
+def test_a_prediction_that_is_not_finite_is_a_permanent_error(prediction: float) -> None:
+    with pytest.raises(InvalidRideError, match="the model predicted"):
+        build_prediction_message("m", "v1", 123, prediction)
