@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import types
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from devstack.processes import wait_until
 from devstack.pubsub_admin import PubSubAdmin
 from publisher import (
     MAX_BYTES_PER_REQUEST,
@@ -110,10 +110,11 @@ class FakeClient:
 
 def _queued(publisher: PubSubPublisher, topic: str, count: int) -> None:
     """Wait until ``count`` calls are queued behind the RPC in flight."""
-    deadline = time.monotonic() + 30
-    while len(publisher._queues.get(topic, [])) < count:
-        assert time.monotonic() < deadline, "calls never queued"
-        time.sleep(0.001)
+    wait_until(
+        lambda: len(publisher._queues.get(topic, [])) >= count,
+        f"{count} calls queued behind the RPC in flight",
+        timeout_seconds=30,
+    )
 
 
 def _in_threads(*calls: Callable[[], Any]) -> tuple[list[threading.Thread], list[Any]]:
