@@ -234,7 +234,7 @@ def _truncate(text: str, limit: int = _MAX_ATTRIBUTE_CHARS) -> str:
 
 @dataclass(frozen=True)
 class ModelConstants:
-    """What every output message of one model shares, computed once per Pub/Sub message."""
+    """What every output message of one model shares, computed once per loaded model."""
 
     json_head: str  # the output JSON up to the duration's digits
     attribute_version: str
@@ -269,6 +269,17 @@ class PredictionService:
         self.model_loader = model_loader
         self.publisher = publisher
         self._message_log_level = logging.getLevelName(settings.message_log_level)
+        # The model the constants were computed for, and them; one tuple, so that concurrent
+        # requests read a consistent pair without a lock.
+        self._model_constants: tuple[LoadedModel, ModelConstants] | None = None
+
+    def _constants_for(self, model: LoadedModel) -> ModelConstants:
+        """``model_constants(model)``, computed once per loaded model, not once per message."""
+        cached = self._model_constants
+        if cached is None or cached[0] is not model:
+            cached = (model, model_constants(model))
+            self._model_constants = cached
+        return cached[1]
 
     def handle(self, event_data: Any, event_id: str = "") -> dict[str, Any] | list[Any] | None:
         """Handle a CloudEvent's data; return the prediction message(s), or None if rejected.
@@ -308,7 +319,7 @@ class PredictionService:
             return None
         self.publisher.publish(
             self.settings.output_topic_path,
-            [self._outgoing(prediction_message, model_constants(model), message)],
+            [self._outgoing(prediction_message, self._constants_for(model), message)],
         )
         self._log_handled(
             message,
@@ -343,7 +354,7 @@ class PredictionService:
         if valid:
             model = self.model_loader.get()
             predictions = model.predict([request.features for _, request in valid])
-            constants = model_constants(model)
+            constants = self._constants_for(model)
             for (index, request), prediction in zip(valid, predictions, strict=True):
                 try:
                     prediction_message = build_prediction_message(

@@ -13,14 +13,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
@@ -40,6 +39,7 @@ from bench.harness import (
 )
 from devstack.emulators import PubSubEmulator, StorageEmulator
 from devstack.function_server import REPO_ROOT
+from devstack.processes import exit_on_sigterm
 from devstack.pubsub_admin import PubSubAdmin
 from devstack.stack import STACK_TAG_VARIABLE
 from devstack.storage import storage_client, upload_directory
@@ -158,13 +158,6 @@ def warm_emulator(admin: PubSubAdmin, sizes: Sizes) -> None:
         futures = [admin.publisher.publish(topic, body, ride_id="1") for _ in range(200)]
         for future in futures:
             future.result(timeout=60)
-
-
-def _terminate_on_sigterm() -> None:
-    def handler(signum: int, frame: Any) -> NoReturn:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -315,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only redo the table and plot from an earlier run's results.json",
     )
     args = parser.parse_args(argv)
-    _terminate_on_sigterm()
+    exit_on_sigterm()
     if args.from_results is not None:
         raw = json.loads(args.from_results.read_text())
         raw.pop("summary", None)

@@ -16,8 +16,8 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
 
+from devstack.processes import exit_on_sigterm
 from devstack.stack import (
     DEFAULT_WORK_DIR,
     LocalStack,
@@ -42,15 +42,6 @@ INVALID_RIDE = {
     "ride_id": 127,
 }
 PREDICTION_TIMEOUT_SECONDS = 90.0
-
-
-def _terminate_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit so the stack's context manager tears everything down."""
-
-    def handler(signum: int, frame: Any) -> NoReturn:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def demo(config: StackConfig) -> int:
@@ -163,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="serve this MLflow model directory instead of training one",
     )
     args = parser.parse_args(argv)
-    _terminate_on_sigterm()
+    exit_on_sigterm()
     config = StackConfig(work_dir=args.work_dir, model_dir=args.model_dir)
     return COMMANDS[args.command](config)
 

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 _PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
 # Interval between readiness probes: the wait ends as soon as a probe succeeds.
@@ -28,6 +29,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so context managers and ``finally`` blocks tear down.
+
+    Python's default for SIGTERM kills the process at once; a command that owns emulators and
+    servers (``python -m devstack``, ``python -m bench``) must stop them first.
+    """
+
+    def handler(signum: int, frame: Any) -> NoReturn:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def wait_until(

@@ -14,7 +14,6 @@ SAMPLE_RIDE = {
     "ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66},
     "ride_id": 123,
 }
-SAMPLE_FEATURES = {"PU_DO": "130_205", "trip_distance": 3.66}
 
 
 def ride(ride_id: int | str, pu: int = 130, do: int = 205, distance: float = 3.66) -> dict:

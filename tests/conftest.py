@@ -24,6 +24,8 @@ from training.dataset import generate_rides
 from training.train import LoggedModel, log_model, split_rides, train
 
 DATA_DIR = Path(__file__).parent / "data"
+# The features of the tutorial's sample ride (tests/data/sample_ride.json).
+SAMPLE_FEATURES = {"PU_DO": "130_205", "trip_distance": 3.66}
 PROJECT_ID = "test-project"
 REGISTERED_NAME = "ride-duration-test"
 
@@ -102,6 +104,14 @@ class ModelFixture:
     def expected_duration(self, features: dict[str, Any]) -> int:
         """The pipeline's own prediction for one ride, rounded as the function rounds."""
         return round(float(self.pipeline.predict([features])[0]))
+
+    def expected_message(self, ride_id: int | str, features: dict[str, Any]) -> dict[str, Any]:
+        """The output message ``DESIGN.md`` specifies for one ride, from the pipeline itself."""
+        return {
+            "model": "ride_duration_prediction_model",
+            "version": self.logged.run_id,
+            "prediction": {"ride_duration": self.expected_duration(features), "ride_id": ride_id},
+        }
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ from lambda_logging import JsonLineFormatter
 from lambda_settings import LambdaSettings, MissingSettingError, settings_from_env
 from model_loader import LoadedModel, ModelLoader
 from tests.aws_events import (
-    SAMPLE_FEATURES,
     SAMPLE_RIDE,
     InMemoryWriter,
     failures,
@@ -30,7 +29,13 @@ from tests.aws_events import (
     ride,
     sequence_number,
 )
-from tests.conftest import PROJECT_ID, ModelFixture, RecordingPublisher, pubsub_event_data
+from tests.conftest import (
+    PROJECT_ID,
+    SAMPLE_FEATURES,
+    ModelFixture,
+    RecordingPublisher,
+    pubsub_event_data,
+)
 
 PREDICTIONS = "ride_predictions"
 DEAD_LETTER = "ride_dead_letter"
@@ -107,14 +112,7 @@ def test_batch_of_rides_gives_one_record_each_partitioned_by_ride_id(
 
     assert response == {"batchItemFailures": []}
     assert writer.json_to(PREDICTIONS) == [
-        {
-            "model": "ride_duration_prediction_model",
-            "version": test_model.logged.run_id,
-            "prediction": {
-                "ride_duration": test_model.expected_duration(prepare_features(event["ride"])),
-                "ride_id": event["ride_id"],
-            },
-        }
+        test_model.expected_message(event["ride_id"], prepare_features(event["ride"]))
         for event in rides
     ]
     assert writer.keys_to(PREDICTIONS) == ["123", "abc-7", "9"]

@@ -19,8 +19,8 @@ from devstack.aws_admin import create_stream, read_as_lambda_event, read_stream,
 from devstack.moto_server import MotoServer
 from devstack.processes import group_alive, http_status
 from features import prepare_features
-from tests.aws_events import SAMPLE_FEATURES, SAMPLE_RIDE, kinesis_event, ride
-from tests.conftest import ModelFixture, unique
+from tests.aws_events import SAMPLE_RIDE, kinesis_event, ride
+from tests.conftest import SAMPLE_FEATURES, ModelFixture, unique
 
 
 @pytest.fixture
@@ -78,15 +78,7 @@ def test_rides_from_a_kinesis_stream_become_predictions_and_dead_letters(
     assert response == {"batchItemFailures": []}
     written = read_stream(kinesis, predictions)
     assert [json.loads(record["Data"]) for record in written] == [
-        {
-            "model": "ride_duration_prediction_model",
-            "version": test_model.logged.run_id,
-            "prediction": {
-                "ride_duration": test_model.expected_duration(prepare_features(r["ride"])),
-                "ride_id": r["ride_id"],
-            },
-        }
-        for r in rides
+        test_model.expected_message(r["ride_id"], prepare_features(r["ride"])) for r in rides
     ]
     assert [record["PartitionKey"] for record in written] == ["123", "trip-2", "3"]
     (parked,) = read_stream(kinesis, dead_letter)
@@ -163,14 +155,7 @@ def test_model_uri_on_s3_is_loaded_through_mlflow(
     assert response == {"batchItemFailures": []}
     assert lambda_function.get_service().model_loader.loaded.source_uri == model_uri
     (record,) = read_stream(kinesis, predictions)
-    assert json.loads(record["Data"]) == {
-        "model": "ride_duration_prediction_model",
-        "version": run_id,
-        "prediction": {
-            "ride_duration": test_model.expected_duration(SAMPLE_FEATURES),
-            "ride_id": 123,
-        },
-    }
+    assert json.loads(record["Data"]) == test_model.expected_message(123, SAMPLE_FEATURES)
 
 
 def test_moto_server_stops_without_leaving_a_process(tmp_path: Path) -> None:

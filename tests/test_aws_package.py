@@ -16,8 +16,8 @@ import pytest
 import build_zip
 from devstack.aws_admin import create_stream, read_stream
 from devstack.moto_server import MotoServer
-from tests.aws_events import SAMPLE_FEATURES, SAMPLE_RIDE, kinesis_event
-from tests.conftest import ModelFixture, unique
+from tests.aws_events import SAMPLE_RIDE, kinesis_event
+from tests.conftest import SAMPLE_FEATURES, ModelFixture, unique
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_NAMES = [

@@ -18,6 +18,7 @@ from devstack.storage import upload_directory
 from model_loader import ModelLoader
 from tests.conftest import (
     PROJECT_ID,
+    SAMPLE_FEATURES,
     ModelFixture,
     RecordingPublisher,
     load_json,
@@ -27,7 +28,6 @@ from tests.conftest import (
 
 MAIN_PY = str(Path(main.__file__))
 SAMPLE_B64 = load_json("tutorial_event.json")["data"]["message"]["data"]
-SAMPLE_FEATURES = {"PU_DO": "130_205", "trip_distance": 3.66}
 
 
 @pytest.fixture
@@ -139,14 +139,7 @@ def test_gs_model_and_pubsub_emulator_give_exactly_the_contract_message(
 
     assert response.status_code == 200
     (received,) = pubsub.pull(subscription, expected=1)
-    assert json.loads(received.data) == {
-        "model": "ride_duration_prediction_model",
-        "version": run_id,
-        "prediction": {
-            "ride_duration": test_model.expected_duration(SAMPLE_FEATURES),
-            "ride_id": 123,
-        },
-    }
+    assert json.loads(received.data) == test_model.expected_message(123, SAMPLE_FEATURES)
     assert received.attributes == {
         "ride_id": "123",
         "model_version": run_id,

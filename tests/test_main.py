@@ -13,6 +13,7 @@ from model_loader import LoadedModel, ModelLoader, ModelLoadError
 from publisher import PublishError
 from tests.conftest import (
     PROJECT_ID,
+    SAMPLE_FEATURES,
     ModelFixture,
     RecordingPublisher,
     load_json,
@@ -22,7 +23,6 @@ from tests.conftest import (
 
 OUTPUT_TOPIC = f"projects/{PROJECT_ID}/topics/ride-predictions"
 DEAD_LETTER_TOPIC = f"projects/{PROJECT_ID}/topics/ride-dead-letter"
-SAMPLE_FEATURES = {"PU_DO": "130_205", "trip_distance": 3.66}
 
 
 @pytest.fixture(scope="module")

@@ -211,19 +211,24 @@ def test_a_slow_load_times_out_the_request_and_completes_for_the_next(
     assert loader.get().version == test_model.logged.run_id
 
 
-def test_importing_the_function_loads_nothing_heavy() -> None:
-    probe = (
-        "import sys, main, model_loader, publisher, features;"
-        "print(sorted(m for m in ('mlflow', 'sklearn', 'pandas') if m in sys.modules))"
-    )
+def _stdout_of_fresh_python(code: str) -> str:
+    """Run ``code`` in a new interpreter at the repository root (nothing imported yet)."""
     result = subprocess.run(
-        [sys.executable, "-c", probe],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
         cwd=Path(__file__).parent.parent,
     )
-    assert result.stdout.strip() == "[]"
+    return result.stdout
+
+
+def test_importing_the_function_loads_nothing_heavy() -> None:
+    probe = (
+        "import sys, main, model_loader, publisher, features;"
+        "print(sorted(m for m in ('mlflow', 'sklearn', 'pandas') if m in sys.modules))"
+    )
+    assert _stdout_of_fresh_python(probe).strip() == "[]"
 
 
 def _random_features(count: int, seed: int) -> list[dict[str, Any]]:
@@ -277,11 +282,4 @@ def test_a_pickled_model_loads_without_importing_mlflow(test_model: ModelFixture
         f"loaded = load_model({test_model.path!r}, 'm', None);"
         "print(loaded.version, 'mlflow' in sys.modules)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).parent.parent,
-    )
-    assert result.stdout.split() == [test_model.logged.run_id, "False"]
+    assert _stdout_of_fresh_python(probe).split() == [test_model.logged.run_id, "False"]

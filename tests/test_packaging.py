@@ -21,12 +21,18 @@ from cloudevents.conversion import to_binary
 
 from devstack.processes import ManagedProcess, free_port, http_status, wait_until
 from devstack.pubsub_admin import PubSubAdmin
-from tests.conftest import PROJECT_ID, ModelFixture, load_json, pubsub_cloud_event, unique
+from tests.conftest import (
+    PROJECT_ID,
+    SAMPLE_FEATURES,
+    ModelFixture,
+    load_json,
+    pubsub_cloud_event,
+    unique,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RUNTIME_FILES = ["features.py", "main.py", "model_loader.py", "publisher.py", "requirements.txt"]
 SAMPLE_B64 = load_json("tutorial_event.json")["data"]["message"]["data"]
-SAMPLE_FEATURES = {"PU_DO": "130_205", "trip_distance": 3.66}
 PIP_INSTALL_TIMEOUT_SECONDS = 900
 SERVER_START_TIMEOUT_SECONDS = 120
 
@@ -153,12 +159,5 @@ def test_the_package_alone_serves_a_prediction(
     log = log_path.read_text(errors="replace")
     assert status == 200, log
     assert len(received) == 1, log
-    assert json.loads(received[0].data) == {
-        "model": "ride_duration_prediction_model",
-        "version": test_model.logged.run_id,
-        "prediction": {
-            "ride_duration": test_model.expected_duration(SAMPLE_FEATURES),
-            "ride_id": 123,
-        },
-    }
+    assert json.loads(received[0].data) == test_model.expected_message(123, SAMPLE_FEATURES)
     assert received[0].attributes["source_message_id"] == "package-1"

@@ -67,14 +67,7 @@ def test_200_rides_each_predicted_exactly_once(
     for message in received:
         prediction = json.loads(message.data)
         ride_id = prediction["prediction"]["ride_id"]
-        assert prediction == {
-            "model": "ride_duration_prediction_model",
-            "version": test_model.logged.run_id,
-            "prediction": {
-                "ride_duration": test_model.expected_duration(prepare_features(rides[ride_id])),
-                "ride_id": ride_id,
-            },
-        }
+        assert prediction == test_model.expected_message(ride_id, prepare_features(rides[ride_id]))
         assert message.attributes["ride_id"] == ride_id
         assert message.attributes["model_version"] == test_model.logged.run_id
         assert message.attributes["source_message_id"]
@@ -115,16 +108,7 @@ def test_tutorial_gcloud_commands_carry_a_ride_to_its_prediction(
         )  # fmt: skip
         predictions = [json.loads(item["message"]["data_decoded"]) for item in _decoded(pulled)]
     sample = load_json("sample_ride.json")
-    assert predictions == [
-        {
-            "model": "ride_duration_prediction_model",
-            "version": test_model.logged.run_id,
-            "prediction": {
-                "ride_duration": test_model.expected_duration(prepare_features(sample["ride"])),
-                "ride_id": 123,
-            },
-        }
-    ]
+    assert predictions == [test_model.expected_message(123, prepare_features(sample["ride"]))]
 
 
 def _decoded(pulled: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
