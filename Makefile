@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # What the Cloud Function needs at runtime: exactly what .gcloudignore lets `gcloud functions
-# deploy` upload (DESIGN.md, "Where things live"); tests/test_packaging.py checks both agree.
+# deploy` upload (docs/design.md, "What is deployed"); tests/test_packaging.py checks both agree.
 RUNTIME_FILES := main.py features.py model_loader.py publisher.py requirements.txt
 FUNCTION_NAME ?= ride-prediction
 DIST ?= dist
@@ -19,7 +19,7 @@ help:
 	@echo "make train   train a model into the local MLflow store"
 	@echo "make lint    ruff check and format check, shellcheck deploy.sh;  make format  fix them"
 	@echo "make package build $(DIST)/$(FUNCTION_NAME).zip: the function's source, as deployed"
-	@echo "./deploy.sh  deploy to GCP (see ./deploy.sh --help and README, \"Deploy to GCP\")"
+	@echo "./deploy.sh  deploy to GCP (see ./deploy.sh --help and docs/deploy.md)"
 	@echo "make package-aws  build the AWS Lambda zip (dist/aws-lambda.zip)"
 	@echo "make bench   benchmark vs the tutorial's function (a few minutes; bench/results)"
 
@@ -48,7 +48,7 @@ train: $(STAMP)
 	$(PY) -m training.train
 
 # The AWS Lambda variant's deployment zip: handler and core modules only (standard library
-# to build, so no virtual environment needed). See README, "AWS: Lambda on Kinesis".
+# to build, so no virtual environment needed). See docs/aws.md.
 AWS_ZIP ?= dist/aws-lambda.zip
 package-aws:
 	$(PYTHON) aws/build_zip.py $(AWS_ZIP)

@@ -457,7 +457,7 @@ ensure_service_account() {
   fi
 }
 
-# The function's environment (DESIGN.md, "Configuration").
+# The function's environment (docs/design.md, "Configuration").
 function_env_vars() {
   ENV_VARS=(
     "MODEL_URI=$MODEL_URI"

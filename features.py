@@ -59,7 +59,7 @@ def prepare_features(ride: Mapping[str, Any]) -> dict[str, Any]:
 def build_prediction_message(
     model_name: str, model_version: str, ride_id: int | str, prediction: Any
 ) -> dict[str, Any]:
-    """The output message of ``DESIGN.md`` for one ride, the same on every trigger.
+    """The output message of ``docs/design.md`` for one ride, the same on every trigger.
 
     The duration is the model's prediction rounded to whole minutes. A prediction that is not a
     finite number can never become a valid message, so it is an ``InvalidRideError``.
@@ -236,7 +236,7 @@ def _common_valid_event(ride_event: Any) -> RideRequest | None:
 
 
 def validate_ride_event(ride_event: Any) -> RideRequest:
-    """Validate one ride event as ``DESIGN.md`` defines it and build its features.
+    """Validate one ride event as ``docs/design.md`` defines it and build its features.
 
     Raises ``InvalidRideError`` with the first problem found. Extra fields are ignored.
     """
@@ -245,7 +245,7 @@ def validate_ride_event(ride_event: Any) -> RideRequest:
 
 
 def _checked_event(ride_event: Any) -> RideRequest:
-    """Every check of ``DESIGN.md``'s input rules, in order; raises with the first problem."""
+    """Every check of ``docs/design.md``'s input rules, in order; raises with the first problem."""
     if not isinstance(ride_event, dict):
         raise InvalidRideError(f"ride event must be a JSON object, got {_json_type(ride_event)}")
     if "ride_id" not in ride_event:

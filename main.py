@@ -2,7 +2,7 @@
 
 Only wiring lives here: decode the Pub/Sub message, validate it (``features``), predict with
 the lazily loaded MLflow model (``model_loader``) and publish (``publisher``). Failures map to
-the contract in ``DESIGN.md``:
+the contract in ``docs/design.md``:
 
 * permanent (the message can never succeed): one ERROR log line, the message goes to
   ``DEAD_LETTER_STREAM`` when it is set, and the function returns normally so Pub/Sub acks it;
@@ -43,7 +43,7 @@ DEFAULT_PUBLISH_STREAM = "ride-predictions"
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 DEFAULT_MAX_BATCH_RIDES = 1000
 # Bounds on the waits of a request: the model load, then at most two publish calls (dead letters,
-# predictions): 20 + 2 x 10 = 40 s, inside the 60 s function timeout (see README).
+# predictions): 20 + 2 x 10 = 40 s, inside the 60 s function timeout (see docs/failures.md).
 DEFAULT_PUBLISH_TIMEOUT_SECONDS = 10.0
 DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS = 20.0
 # Pub/Sub attribute values are limited to 1024 bytes.
@@ -114,7 +114,7 @@ def _log_level(environ: Mapping[str, str], name: str) -> str:
 
 
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
-    """Build ``Settings`` from environment variables with ``DESIGN.md``'s defaults."""
+    """Build ``Settings`` from environment variables with ``docs/design.md``'s defaults."""
     return Settings(
         model_uri=_required(environ, "MODEL_URI"),
         project_id=_required(environ, "PROJECT_ID", "GOOGLE_CLOUD_PROJECT"),
@@ -250,10 +250,10 @@ def model_constants(model: LoadedModel) -> ModelConstants:
 
 
 def encode_prediction(constants: ModelConstants, ride_duration: int, ride_id: int | str) -> bytes:
-    """The output message's bytes: exactly ``json.dumps`` of the ``DESIGN.md`` message.
+    """The output message's bytes: exactly ``json.dumps`` of the ``docs/design.md`` message.
 
     Built from a per-model prefix because ``json.dumps`` of the whole message costs about
-    2.5 µs, a quarter of the time a ride in a 1,000-ride message may take (see README, "Speed").
+    2.5 µs, a quarter of the time a ride in a 1,000-ride message may take (see docs/speed.md).
     """
     encoded_id = json.dumps(ride_id) if isinstance(ride_id, str) else int.__repr__(ride_id)
     return f'{constants.json_head}{ride_duration}, "ride_id": {encoded_id}}}}}'.encode()
@@ -463,7 +463,7 @@ def dead_letter_message(
     message: PubSubMessage | None, raw: bytes, error: InvalidRideError, max_bytes: int
 ) -> OutgoingMessage:
     """The dead-letter format: the original bytes, with the source's attributes kept as they are
-    and ``dlq_*`` attributes saying why and where from (see README, "Failure handling").
+    and ``dlq_*`` attributes saying why and where from (see docs/failures.md).
 
     Data over ``max_bytes`` is cut to that size (``dlq_truncated_from_bytes`` says so) so that
     the dead-letter message itself always fits in a Pub/Sub publish.

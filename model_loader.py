@@ -78,7 +78,7 @@ def registered_model_version(model_uri: str) -> str | None:
 def derive_version(
     model_uri: str, run_id: str | None, model_uuid: str | None, override: str | None
 ) -> str:
-    """Pick the output's ``version`` by ``DESIGN.md``'s order of precedence."""
+    """Pick the output's ``version`` by ``docs/design.md``'s order of precedence."""
     for candidate in (override, registered_model_version(model_uri), run_id, model_uuid):
         if candidate:
             return str(candidate)
@@ -97,8 +97,8 @@ def linear_predictor(model: Any) -> Predictor | None:
     The course's model is ``DictVectorizer`` (sparse) followed by ``LinearRegression``: a
     prediction is the intercept plus, for every known feature of the row, value times weight.
     Calling the pipeline costs about 250 µs per call (input validation, a sparse matrix, a
-    matrix product) where a dictionary lookup per feature costs about 1 µs (see README,
-    "Speed"). The arithmetic is done exactly as SciPy's sparse product does it (terms in
+    matrix product) where a dictionary lookup per feature costs about 1 µs (see
+    docs/speed.md). The arithmetic is done exactly as SciPy's sparse product does it (terms in
     column order, summed from 0.0, then the intercept added), so the results are the same
     floats; ``load_model`` still checks that on this platform before using it.
     Rows with values other than text or numbers go to the pipeline.
@@ -231,8 +231,8 @@ def _read_file(model_uri: str, name: str) -> bytes | None:
 def _load_directly(model_uri: str) -> tuple[dict[str, Any], Any] | None:
     """(MLmodel, model) read without MLflow, or None when MLflow must load this model.
 
-    Importing MLflow costs more than a second of a cold start and about 50 MiB (see README,
-    "Speed"); a model in MLflow's sklearn flavour, pickled or cloudpickled, with no code
+    Importing MLflow costs more than a second of a cold start and about 50 MiB (see
+    docs/speed.md); a model in MLflow's sklearn flavour, pickled or cloudpickled, with no code
     paths, at a local path or on ``gs://``, needs none of it: read ``MLmodel`` (YAML), then
     unpickle the file it names, as ``mlflow.sklearn`` does. Only those two files are fetched,
     into memory: nothing is written to (in-memory) ``/tmp``.
@@ -258,7 +258,7 @@ def _load_directly(model_uri: str) -> tuple[dict[str, Any], Any] | None:
         return mlmodel, cloudpickle.loads(model_bytes)
     import pickle
 
-    # The model store is trusted as MLflow trusts it: see README, "Model format".
+    # The model store is trusted as MLflow trusts it: see docs/models.md, "Model format".
     return mlmodel, pickle.loads(model_bytes)  # noqa: S301
 
 
@@ -305,7 +305,7 @@ def load_model(model_uri: str, model_name: str, version_override: str | None) ->
         run_id, model_uuid, flavor, predict = _load_with_mlflow(model_uri)
     # The model and the libraries just imported stay for the life of the instance: move them
     # out of the garbage collector's sight. Its full collections otherwise walk them all (about
-    # 140,000 objects) and stall a request for tens of milliseconds (see README, "Speed").
+    # 140,000 objects) and stall a request for tens of milliseconds (see docs/speed.md).
     # No gc.collect() first: it would cost ~90 ms of the cold start to free a few objects.
     gc.freeze()
     loaded = LoadedModel(

@@ -11,7 +11,7 @@ timer that client sends one RPC per message and starts threads for every batch. 
 concurrent calls share RPCs by *group commit*: a call that finds no RPC in flight to its topic
 sends at once, on its own thread, everything queued for that topic; calls that arrive meanwhile
 queue up and go together in the next RPC. An idle instance therefore publishes with one RPC and
-no wait, and a busy one sends fewer, larger RPCs (see README, "Speed", for the measurements).
+no wait, and a busy one sends fewer, larger RPCs (see docs/speed.md, for the measurements).
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ class PubSubPublisher:
 
         remaining = max(0.001, deadline - time.monotonic())
         # The raw protobuf types, wrapped without a copy: building proto-plus messages costs
-        # about 10 µs each (see README, "Speed").
+        # about 10 µs each (see docs/speed.md).
         request = PublishRequest.wrap(
             PublishRequest.pb()(
                 topic=topic,

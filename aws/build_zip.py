@@ -2,7 +2,7 @@
 
 ``python aws/build_zip.py [dist/aws-lambda.zip]`` (what ``make package-aws`` runs). The zip holds
 code only; the dependencies in ``aws/requirements.txt`` come from a Lambda layer or the container
-image (see README, "AWS: Lambda on Kinesis"). The archive is reproducible: fixed order,
+image (see docs/aws.md). The archive is reproducible: fixed order,
 timestamps and modes, so the same sources always give the same bytes (and the same CodeSha256 on
 AWS).
 

@@ -6,7 +6,7 @@ validation and features (``features``), the same lazily loaded MLflow model (``m
 differ: a Kinesis event source mapping delivers batches of records, and predictions go to the
 Kinesis stream ``PREDICTIONS_STREAM_NAME``, one record per ride, partitioned by ``ride_id``.
 
-Failures follow ``DESIGN.md``, mapped onto Kinesis' partial batch responses
+Failures follow ``docs/design.md``, mapped onto Kinesis' partial batch responses
 (``FunctionResponseTypes=["ReportBatchItemFailures"]`` on the event source mapping):
 
 * permanent (bad base64, JSON, shape or values; the model predicting NaN): one ERROR log line,
@@ -51,7 +51,7 @@ logger = logging.getLogger("ride_predictor")
 
 
 def ride_request(raw: bytes, max_bytes: int) -> RideRequest:
-    """Parse and validate one record's payload: one ride event, as ``DESIGN.md`` defines it.
+    """Parse and validate one record's payload: one ride event, as ``docs/design.md`` defines it.
 
     A JSON array of rides (which the Pub/Sub function accepts) is refused: on Kinesis each ride
     is its own record, which is what lets a failure be reported for that ride alone.

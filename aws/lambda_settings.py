@@ -3,7 +3,7 @@
 Names differ from the Cloud Function's where AWS says "stream name" (``PREDICTIONS_STREAM_NAME``,
 ``DEAD_LETTER_STREAM_NAME``); everything the two share (``MODEL_URI``, ``MODEL_NAME``,
 ``MODEL_VERSION``, ``MODEL_LOAD_TIMEOUT_SECONDS``, ``LOG_LEVEL``, ``MESSAGE_LOG_LEVEL``) has the
-same meaning and default as in ``DESIGN.md``. The parsing helpers are small copies of
+same meaning and default as in ``docs/design.md``. The parsing helpers are small copies of
 ``main.py``'s private ones: importing ``main`` would pull functions-framework and the Pub/Sub
 client into the Lambda.
 """

@@ -16,7 +16,7 @@ STARTUP_TIMEOUT_SECONDS = 60.0
 class FunctionServer(LocalService):
     """``functions-framework --target predict_duration --signature-type cloudevent`` on 127.0.0.1.
 
-    ``env`` is the function's configuration (``DESIGN.md``); it is added to this process's
+    ``env`` is the function's configuration (``docs/design.md``); it is added to this process's
     environment. Pub/Sub push requests to ``push_endpoint(...)`` become CloudEvents.
     """
 

@@ -3,7 +3,7 @@
 ``LocalStack`` starts the Pub/Sub emulator and gcp-storage-emulator on free ports, puts an
 MLflow model in a bucket at ``gs://<bucket>/<experiment>/<run_id>/artifacts/model`` (the layout
 MLflow uses), creates the topics and subscriptions, serves the function with the environment
-of ``DESIGN.md`` and connects Stream A to it with a push subscription. Used as a context
+of ``docs/design.md`` and connects Stream A to it with a push subscription. Used as a context
 manager it tears everything down on normal exit, on Ctrl-C and on error.
 """
 

@@ -106,7 +106,7 @@ class ModelFixture:
         return round(float(self.pipeline.predict([features])[0]))
 
     def expected_message(self, ride_id: int | str, features: dict[str, Any]) -> dict[str, Any]:
-        """The output message ``DESIGN.md`` specifies for one ride, from the pipeline itself."""
+        """The output message of docs/design.md for one ride, from the pipeline itself."""
         return {
             "model": "ride_duration_prediction_model",
             "version": self.logged.run_id,

@@ -1,4 +1,4 @@
-"""features.py: the tutorial's features, and every invalid ride DESIGN.md names."""
+"""features.py: the tutorial's features, and every invalid ride docs/design.md names."""
 
 from __future__ import annotations
 

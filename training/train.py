@@ -35,7 +35,7 @@ DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
 DEFAULT_ARTIFACT_LOCATION = str(REPO_ROOT / "mlruns")
 DEFAULT_EXPERIMENT = "ride-duration"
 # cloudpickle loads a DictVectorizer with tens of thousands of zone pairs in milliseconds where
-# skops takes seconds (see README, "Model format"); skops remains one flag away.
+# skops takes seconds (see docs/models.md, "Model format"); skops remains one flag away.
 DEFAULT_SERIALIZATION_FORMAT = "cloudpickle"
 
 
