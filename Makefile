@@ -17,7 +17,7 @@ help:
 	@echo "make test    lint and run every test"
 	@echo "make up/down keep the local stack running / stop it"
 	@echo "make train   train a model into the local MLflow store"
-	@echo "make lint    ruff check and format check, shellcheck deploy.sh;  make format  fix them"
+	@echo "make lint    ruff, shellcheck deploy.sh, the CI workflow's schema;  make format  fixes"
 	@echo "make package build $(DIST)/$(FUNCTION_NAME).zip: the function's source, as deployed"
 	@echo "./deploy.sh  deploy to GCP (see ./deploy.sh --help and docs/deploy.md)"
 	@echo "make package-aws  build the AWS Lambda zip (dist/aws-lambda.zip)"
@@ -32,10 +32,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
+# The same checks run as pre-commit hooks (.pre-commit-config.yaml; tests/test_repository.py
+# keeps the two lists equal). The CI workflow is checked offline against GitHub's workflow
+# schema, which check-jsonschema ships.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/shellcheck deploy.sh
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
