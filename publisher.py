@@ -142,6 +142,12 @@ class PubSubPublisher:
 
         Raises ``PublishError`` if any message is refused, fails, or is not acknowledged by the
         server within ``timeout_seconds`` (retries of retryable errors count against that bound).
+
+        ``PublishError`` does not always mean "not published": a call that times out while the
+        RPC carrying its messages is in flight (its own, or one it shares) is told it failed,
+        yet the server may still publish those messages. The caller retries its input, so
+        publishing is at-least-once (docs/failures.md). A call that times out while still
+        queued is dropped from the queue and never sent.
         """
         if not messages:
             return []

@@ -6,7 +6,7 @@ import base64
 import json
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,21 @@ from training.train import LoggedModel, log_model, split_rides, train
 DATA_DIR = Path(__file__).parent / "data"
 # The features of the tutorial's sample ride (tests/data/sample_ride.json).
 SAMPLE_FEATURES = {"PU_DO": "130_205", "trip_distance": 3.66}
+
+
+def ride_features(ride: Mapping[str, Any]) -> dict[str, Any]:
+    """The course model's features for ``ride``, built by the test, not by ``features.py``.
+
+    Expected outputs never come from the code under test: built with production
+    ``prepare_features``, a bug in it would move the expected and the actual values together.
+    These are the tutorial's own two lines, written out again.
+    """
+    return {
+        "PU_DO": f"{ride['PULocationID']}_{ride['DOLocationID']}",
+        "trip_distance": ride["trip_distance"],
+    }
+
+
 PROJECT_ID = "test-project"
 REGISTERED_NAME = "ride-duration-test"
 
@@ -102,7 +117,10 @@ class ModelFixture:
         return self.logged.artifact_location
 
     def expected_duration(self, features: dict[str, Any]) -> int:
-        """The pipeline's own prediction for one ride, rounded as the function rounds."""
+        """The pipeline's own prediction for one ride, rounded as the function rounds.
+
+        ``features``: literal, or from ``ride_features``; never from ``features.py``.
+        """
         return round(float(self.pipeline.predict([features])[0]))
 
     def expected_message(self, ride_id: int | str, features: dict[str, Any]) -> dict[str, Any]:

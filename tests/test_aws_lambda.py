@@ -15,7 +15,6 @@ import pytest
 
 import lambda_function
 import main
-from features import prepare_features
 from kinesis_event import InvalidEventError
 from lambda_logging import JsonLineFormatter
 from lambda_settings import LambdaSettings, MissingSettingError, settings_from_env
@@ -35,6 +34,7 @@ from tests.conftest import (
     ModelFixture,
     RecordingPublisher,
     pubsub_event_data,
+    ride_features,
 )
 
 PREDICTIONS = "ride_predictions"
@@ -112,7 +112,7 @@ def test_batch_of_rides_gives_one_record_each_partitioned_by_ride_id(
 
     assert response == {"batchItemFailures": []}
     assert writer.json_to(PREDICTIONS) == [
-        test_model.expected_message(event["ride_id"], prepare_features(event["ride"]))
+        test_model.expected_message(event["ride_id"], ride_features(event["ride"]))
         for event in rides
     ]
     assert writer.keys_to(PREDICTIONS) == ["123", "abc-7", "9"]

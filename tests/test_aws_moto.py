@@ -18,9 +18,8 @@ import lambda_function
 from devstack.aws_admin import create_stream, read_as_lambda_event, read_stream, upload_directory
 from devstack.moto_server import MotoServer
 from devstack.processes import group_alive, http_status
-from features import prepare_features
 from tests.aws_events import SAMPLE_RIDE, kinesis_event, ride
-from tests.conftest import SAMPLE_FEATURES, ModelFixture, unique
+from tests.conftest import SAMPLE_FEATURES, ModelFixture, ride_features, unique
 
 
 @pytest.fixture
@@ -78,7 +77,7 @@ def test_rides_from_a_kinesis_stream_become_predictions_and_dead_letters(
     assert response == {"batchItemFailures": []}
     written = read_stream(kinesis, predictions)
     assert [json.loads(record["Data"]) for record in written] == [
-        test_model.expected_message(r["ride_id"], prepare_features(r["ride"])) for r in rides
+        test_model.expected_message(r["ride_id"], ride_features(r["ride"])) for r in rides
     ]
     assert [record["PartitionKey"] for record in written] == ["123", "trip-2", "3"]
     (parked,) = read_stream(kinesis, dead_letter)

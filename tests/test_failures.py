@@ -23,9 +23,8 @@ from devstack.function_server import FunctionServer
 from devstack.processes import free_port
 from devstack.pubsub_admin import PubSubAdmin
 from devstack.storage import upload_directory
-from features import prepare_features
 from main import DEFAULT_MAX_MESSAGE_BYTES
-from tests.conftest import PROJECT_ID, ModelFixture, unique
+from tests.conftest import PROJECT_ID, ModelFixture, ride_features, unique
 
 VALID_RIDE = {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}
 
@@ -195,7 +194,7 @@ def test_poison_messages_are_acked_and_dead_lettered_and_valid_rides_still_flow(
         assert dead_letter.data == original
 
     predictions = pubsub.pull(f"{streams['output']}-sub", expected=len(INVALID_MESSAGES))
-    expected = test_model.expected_duration(prepare_features(VALID_RIDE))
+    expected = test_model.expected_duration(ride_features(VALID_RIDE))
     assert sorted(json.loads(m.data)["prediction"]["ride_id"] for m in predictions) == list(
         range(len(INVALID_MESSAGES))
     )
@@ -384,4 +383,4 @@ def test_64_concurrent_first_requests_on_a_cold_instance(
     for message in predictions:
         prediction = json.loads(message.data)["prediction"]
         ride = rides[prediction["ride_id"]]
-        assert prediction["ride_duration"] == test_model.expected_duration(prepare_features(ride))
+        assert prediction["ride_duration"] == test_model.expected_duration(ride_features(ride))

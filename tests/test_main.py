@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 import main
-from features import prepare_features
 from model_loader import LoadedModel, ModelLoader, ModelLoadError
 from publisher import PublishError
 from tests.conftest import (
@@ -19,6 +18,7 @@ from tests.conftest import (
     load_json,
     pubsub_cloud_event,
     pubsub_event_data,
+    ride_features,
 )
 
 OUTPUT_TOPIC = f"projects/{PROJECT_ID}/topics/ride-predictions"
@@ -111,7 +111,7 @@ def test_output_equals_the_models_own_prediction_rounded(
 ) -> None:
     result = main.predict_duration(pubsub_cloud_event({"ride": ride, "ride_id": "r-1"}))
     assert result["prediction"]["ride_duration"] == test_model.expected_duration(
-        prepare_features(ride)
+        ride_features(ride)
     )
     assert result["prediction"]["ride_id"] == "r-1"
 
@@ -393,7 +393,7 @@ def test_a_full_batch_keeps_order_ids_and_indexes_and_predicts_like_the_pipeline
     results = main.predict_duration(pubsub_cloud_event(batch, message_id="full"))
 
     published = recording_publisher.to(OUTPUT_TOPIC)
-    expected = test_model.pipeline.predict([prepare_features(e["ride"]) for e in batch])
+    expected = test_model.pipeline.predict([ride_features(e["ride"]) for e in batch])
     assert [r["prediction"]["ride_id"] for r in results] == ride_ids
     assert [json.loads(m.data) for m in published] == results
     assert [m.attributes["ride_index"] for m in published] == [str(i) for i in range(len(batch))]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import shutil
 import subprocess
 import sys
@@ -20,9 +19,7 @@ from model_loader import (
     LoadedModel,
     ModelLoader,
     ModelLoadError,
-    linear_predictor,
     load_model,
-    sklearn_predictor,
 )
 from tests.conftest import REGISTERED_NAME, ModelFixture, unique
 
@@ -229,51 +226,6 @@ def test_importing_the_function_loads_nothing_heavy() -> None:
         "print(sorted(m for m in ('mlflow', 'sklearn', 'pandas') if m in sys.modules))"
     )
     assert _stdout_of_fresh_python(probe).strip() == "[]"
-
-
-def _random_features(count: int, seed: int) -> list[dict[str, Any]]:
-    """Feature dicts over known and unknown zone pairs, float and integer distances."""
-    rng = random.Random(seed)
-    rows: list[dict[str, Any]] = []
-    for _ in range(count):
-        distance = rng.choice(
-            [rng.random() * 40, rng.randint(0, 200), 0.0, 1e-300, 98765.4321, 2**53 + 1]
-        )
-        rows.append(
-            {"PU_DO": f"{rng.randint(1, 270)}_{rng.randint(1, 270)}", "trip_distance": distance}
-        )
-    rows += [{"trip_distance": 2.5, "PU_DO": "1_2"}, {}, {"PU_DO": "1_2"}, {"trip_distance": 3}]
-    return rows
-
-
-def test_the_linear_fast_path_gives_the_pipelines_very_floats(test_model: ModelFixture) -> None:
-    loaded = load_model(test_model.path, "m", None)
-    assert loaded.predict != test_model.pipeline.predict  # the fast path is in use
-    rows = _random_features(50_000, seed=11)
-
-    fast = loaded.predict(rows)
-
-    # Bit for bit, not approximately: the fast path is only allowed if it is exact.
-    assert fast == [float(value) for value in test_model.pipeline.predict(rows)]
-
-
-def test_models_other_than_the_course_pipeline_are_called_as_they_are(
-    trained: Any,
-) -> None:
-    from sklearn.feature_extraction import DictVectorizer
-    from sklearn.linear_model import Ridge
-    from sklearn.pipeline import make_pipeline
-
-    rows = _random_features(500, seed=12)
-    ridge = make_pipeline(DictVectorizer(), Ridge()).fit(rows, [1.0] * len(rows))
-    dense = make_pipeline(DictVectorizer(sparse=False), trained.pipeline[-1])
-    assert linear_predictor(ridge) is None
-    assert linear_predictor(dense) is None
-    assert sklearn_predictor(ridge) == ridge.predict
-    # Values the fast path does not handle go to the pipeline, which decides (here: refuses).
-    fast = sklearn_predictor(trained.pipeline)
-    with pytest.raises(ValueError, match="NaN"):
-        fast([{"PU_DO": "1_2", "trip_distance": None}])
 
 
 def test_a_pickled_model_loads_without_importing_mlflow(test_model: ModelFixture) -> None:

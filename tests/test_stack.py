@@ -17,8 +17,7 @@ import pytest
 
 from devstack.processes import group_members, http_status
 from devstack.stack import LocalStack, StackConfig, stack_processes
-from features import prepare_features
-from tests.conftest import ModelFixture, load_json, unique
+from tests.conftest import ModelFixture, load_json, ride_features, unique
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +66,7 @@ def test_200_rides_each_predicted_exactly_once(
     for message in received:
         prediction = json.loads(message.data)
         ride_id = prediction["prediction"]["ride_id"]
-        assert prediction == test_model.expected_message(ride_id, prepare_features(rides[ride_id]))
+        assert prediction == test_model.expected_message(ride_id, ride_features(rides[ride_id]))
         assert message.attributes["ride_id"] == ride_id
         assert message.attributes["model_version"] == test_model.logged.run_id
         assert message.attributes["source_message_id"]
@@ -108,7 +107,7 @@ def test_tutorial_gcloud_commands_carry_a_ride_to_its_prediction(
         )  # fmt: skip
         predictions = [json.loads(item["message"]["data_decoded"]) for item in _decoded(pulled)]
     sample = load_json("sample_ride.json")
-    assert predictions == [test_model.expected_message(123, prepare_features(sample["ride"]))]
+    assert predictions == [test_model.expected_message(123, ride_features(sample["ride"]))]
 
 
 def _decoded(pulled: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
