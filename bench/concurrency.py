@@ -431,14 +431,17 @@ def markdown_lines(summary: dict[str, Any], meta: dict[str, Any], default: int |
     rounds = meta.get("rounds", "?")
     lines = [
         "",
-        "## Concurrency: one instance on one CPU, 20 ms to Pub/Sub",
+        f"## Concurrency: one instance on one CPU, {sizes.get('rtt_ms', 20):.0f} ms to Pub/Sub",
         "",
         f"One function instance (gunicorn `THREADS` = concurrency) on the function's CPU alone; "
         f"its Pub/Sub traffic goes through `bench.delay_proxy`, which adds "
         f"{sizes.get('rtt_ms', 20):.0f} ms to every round trip. `concurrency` pushers keep that "
         f"many requests in flight for {sizes.get('seconds', '?')} s after a warm-up. Medians of "
         f"{rounds} interleaved rounds; project ÷ framework is taken within each round. Latency "
-        "is the pusher's, from POST to answer.",
+        "is the pusher's, from POST to answer. 1,000-ride messages: "
+        f"{sizes.get('batch_messages', '?')} of them (at least one per pusher), timed from the "
+        "first send to the last answer. Peak RSS: the highest resident memory of gunicorn's "
+        "master and worker, summed (an upper bound), after both phases.",
         "",
         "| concurrency | project (msg/s) | framework (msg/s) | project ÷ framework "
         "| project CPU per msg (ms) | framework CPU per msg (ms) | project p50 (ms) "

@@ -129,6 +129,7 @@ def summarise(concurrency_summary: dict[str, Any], prices: Prices = Prices()) ->
         "prices": asdict(prices),
         "instances": [asdict(instance) | {"label": instance.label} for instance in INSTANCES],
         "tolerance": DEFAULT_TOLERANCE,
+        "framework_ratio_aim": FRAMEWORK_RATIO_AIM,
         "rows": rows,
         "default_concurrency": default,
     }
@@ -183,10 +184,15 @@ def markdown_lines(cost: dict[str, Any]) -> list[str]:
             f"| {_money(batch.get(big, nan)['total'])} | {_money(batch.get(small, nan)['total'])} |"
         )
     if default is not None:
+        row = next(row for row in cost["rows"] if row["concurrency"] == default)
+        ratio = row["framework_ratio"]
+        met = "met" if ratio >= cost["framework_ratio_aim"] else "**not met**"
         lines += [
             "",
             f"Default concurrency supported by this run: **{default}**, the smallest level whose "
             f"single-ride billed instance time is within {cost['tolerance']:.0%} of the "
-            "cheapest level's (more concurrency past it adds latency, not savings).",
+            "cheapest level's (more concurrency past it adds latency, not savings). "
+            f"Project ÷ framework there: {ratio:.2f} (aim ≥ {cost['framework_ratio_aim']:.2f}: "
+            f"{met}).",
         ]
     return lines

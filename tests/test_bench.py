@@ -62,6 +62,9 @@ def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path:
         assert level["single"]["ok"] > 0
         assert level["single"]["failed"] == 0
         assert (level["batch"] is not None) == (level["variant"] == "project")
+        if level["variant"] == "project":  # its publishes went through the delaying proxy
+            rtt_ms = results["meta"]["concurrency_sizes"]["rtt_ms"]
+            assert level["single"]["latency_p50_ms"] >= rtt_ms
     assert results["summary"]["cost"]["default_concurrency"] in (1, 2)
     assert "## Concurrency" in markdown
     assert "## Cost per million rides" in markdown
