@@ -55,7 +55,9 @@ def test_bytes_arrive_intact_both_ways_and_eof_is_forwarded() -> None:
             writer.write_eof()
 
         sending = asyncio.create_task(send())
-        echoed = await reader.read(-1)  # until the echo server's close comes back as EOF
+        # Until the echo server's close comes back as EOF (bounded, so a lost EOF fails
+        # instead of hanging; not a timing assertion).
+        echoed = await asyncio.wait_for(reader.read(-1), 60)
         await sending
         writer.close()
         return echoed
