@@ -3,7 +3,9 @@
 Starts the Pub/Sub and GCS emulators, trains the course model on a realistic vocabulary, puts
 it in a bucket, then runs ``--rounds`` interleaved rounds (baseline, floor, framework, project,
 baseline, ...) of ``harness.measure_variant`` and of the bare import times, measures the levers in
-process (``bench.levers``), and writes ``results.md``, ``results.json`` and ``bench.png``.
+process (``bench.levers``), measures one instance against its concurrency with a 20 ms round
+trip to Pub/Sub and the cost per million rides that follows (``bench.concurrency``,
+``bench.cost``), and writes ``results.md``, ``results.json`` and ``bench.png``.
 Every process it starts is stopped when it ends, on error and on Ctrl-C too.
 """
 
@@ -23,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from bench import report
+from bench import concurrency, report
+from bench.delay_proxy import DelayProxyService
 from bench.harness import (
     BENCH_DIR,
     CPU_SPLIT,
@@ -160,6 +163,35 @@ def warm_emulator(admin: PubSubAdmin, sizes: Sizes) -> None:
             future.result(timeout=60)
 
 
+def measure_concurrency(
+    args: argparse.Namespace,
+    sizes: concurrency.ConcurrencySizes,
+    env: dict[str, str],
+    log_dir: Path,
+    target: Target,
+    rides: list[dict[str, Any]],
+    batches: list[list[dict[str, Any]]],
+    model_uri: str,
+    pubsub_host: str,
+    tag: dict[str, str],
+) -> list[dict[str, Any]]:
+    """The framework and the project at each concurrency, publishing through the delay proxy."""
+    proxy = DelayProxyService(pubsub_host, sizes.rtt_ms, log_dir, extra_env=tag)
+    variants = [v for v in VARIANTS if v.name in (concurrency.FRAMEWORK, concurrency.PROJECT)]
+    step(
+        f"concurrency {', '.join(map(str, sizes.levels))}: one instance, "
+        f"{sizes.rtt_ms:.0f} ms round trip to Pub/Sub ({args.rounds} rounds)"
+    )
+    try:
+        proxy.start()
+        proxy_env = {**env, "MODEL_URI": model_uri, "PUBSUB_EMULATOR_HOST": proxy.host}
+        return concurrency.run_rounds(
+            variants, args.rounds, proxy_env, log_dir, target, rides, batches, sizes, step
+        )
+    finally:
+        proxy.stop()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Set up, run every round, measure the levers; return the raw results."""
     work_dir: Path = args.work_dir
@@ -185,6 +217,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[RoundResult] = []
     bare: dict[str, list[float]] = {variant.name: [] for variant in variants}
     levers: dict[str, Any] = {}
+    concurrency_raw: list[dict[str, Any]] = []
+    concurrency_sizes = concurrency.with_levels(
+        concurrency.ConcurrencySizes.quick() if args.quick else concurrency.ConcurrencySizes(),
+        args.concurrency_levels,
+    )
     try:
         step("starting the Pub/Sub and GCS emulators")
         pubsub.start()
@@ -243,6 +280,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 results.append(result)
 
+        if not args.skip_concurrency:
+            concurrency_raw = measure_concurrency(
+                args,
+                concurrency_sizes,
+                env,
+                log_dir,
+                target,
+                rides,
+                batches,
+                model_uri,
+                pubsub.host,
+                tag,
+            )
+
         if not args.skip_levers:
             step("measuring the levers in process (bench.levers)")
             levers_path = work_dir / "levers.json"
@@ -282,10 +333,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "variants": {v.name: asdict(v) for v in variants},
             "seconds": round(time.perf_counter() - started, 1),
             "function_cpus": sorted(CPU_SPLIT[0]) if CPU_SPLIT else None,
+            "concurrency_sizes": asdict(concurrency_sizes),
         },
         "bare_import_s": bare,
         "rounds": [asdict(result) for result in results],
         "levers": levers,
+        "concurrency": concurrency_raw,
     }
 
 
@@ -299,6 +352,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [variant.name for variant in VARIANTS]
     parser.add_argument("--variants", nargs="+", default=names, choices=names)
     parser.add_argument("--skip-levers", action="store_true")
+    parser.add_argument("--skip-concurrency", action="store_true")
+    parser.add_argument(
+        "--concurrency-levels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="concurrency levels to measure (default: 1 4 8 16 32 80)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_RESULTS_DIR / "raw")
     parser.add_argument(

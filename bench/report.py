@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import concurrency, cost
 from bench.harness import percentile
 
 MIB = 2**20
@@ -109,10 +110,13 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
             higher=True,
         ),
     ]
+    concurrency_summary = concurrency.summarise(raw.get("concurrency") or [])
     return {
         "variants": variants,
         "ratios": ratios,
         "targets": targets,
+        "concurrency": concurrency_summary,
+        "cost": cost.summarise(concurrency_summary) if concurrency_summary["levels"] else None,
         "batch_in_process_rides_per_s": in_process_rate,
         "levers": {
             section: _medians(values) if isinstance(values, dict) else _median(values)
@@ -221,6 +225,11 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any]) -> str:
     lines += ["", "Heavy packages each function process had imported after the warm phase:", ""]
     for name in names:
         lines.append(f"- {name}: {', '.join(variants[name]['packages']) or 'none watched'}")
+    if summary.get("cost"):
+        lines += concurrency.markdown_lines(
+            summary["concurrency"], meta, summary["cost"]["default_concurrency"]
+        )
+        lines += cost.markdown_lines(summary["cost"])
     lines += _lever_lines(summary["levers"])
     lines += _round_lines(raw, names)
     return "\n".join(lines) + "\n"
