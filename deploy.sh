@@ -70,6 +70,10 @@ TRANSIENT_ERRORS=(
   'Service account [^ ]+ does not exist'
   'There were concurrent policy changes'
 )
+# A build refused for want of a permission is retried too, but only in a run that has just
+# granted the build account its roles (grants take 2 to 7 minutes or more to apply, per the
+# page above); in any other run it is a real error.
+BUILD_PERMISSION_ERROR='Build failed.*([Pp]ermission|[Dd]enied|does not have .* access)'
 
 # The tutorial's sample ride (its steps 03 and 06); `verify` replaces ride_id with a unique one.
 SAMPLE_RIDE='{"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}'
@@ -197,7 +201,7 @@ is_dry_run() { [[ $DRY_RUN == 1 ]]; }
 # allow another try; returns 1 otherwise (the caller then stops).
 retry_pause() {
   local attempt=$1 started=$2 pattern matched="" delay elapsed i
-  for pattern in "${TRANSIENT_ERRORS[@]}"; do
+  for pattern in "${TRANSIENT_ERRORS[@]}" ${EXTRA_TRANSIENT_ERRORS[@]+"${EXTRA_TRANSIENT_ERRORS[@]}"}; do
     if grep -Eq -- "$pattern" "$WORK_DIR/stderr"; then
       matched=$pattern
       break
@@ -215,6 +219,9 @@ retry_pause() {
   log "      attempt $attempt of $DEPLOY_RETRY_ATTEMPTS failed (a propagation delay: '$matched'); retrying in ${delay}s"
   sleep "$delay"
 }
+
+EXTRA_TRANSIENT_ERRORS=()
+GRANTS_MADE=0
 
 # run DESCRIPTION COMMAND...: a command that changes something. Its output goes to stderr
 # (stdout is kept for what a subcommand prints as its result). Dry run: print the command.
@@ -312,6 +319,7 @@ grant() {
   run "grant $role: $what" \
     gcloud "${group[@]}" add-iam-policy-binding "$@" --member="$member" --role="$role" \
     "${CONDITION[@]}"
+  GRANTS_MADE=$((GRANTS_MADE + 1))
 }
 
 # revoke WHAT ROLE MEMBER RESOURCE-GROUP... -- RESOURCE-ARGS...: remove a binding if present.
@@ -619,6 +627,7 @@ VERIFY_SUBSCRIPTIONS=()
 # themselves after a day), then the scratch directory.
 cleanup() {
   local subscription
+  is_dry_run && VERIFY_SUBSCRIPTIONS=()
   for subscription in ${VERIFY_SUBSCRIPTIONS[@]+"${VERIFY_SUBSCRIPTIONS[@]}"}; do
     gcloud pubsub subscriptions delete "$subscription" "${P[@]}" --quiet >/dev/null 2>&1 ||
       log "    warning: could not delete subscription $subscription; it expires within a day"
@@ -774,6 +783,7 @@ ensure_repository() {
 # grant on deploy.sh's repository.
 configure_build_identity() {
   step "Build identity and image repository"
+  local grants_before=$GRANTS_MADE
   if ((BUILD_SA_MANAGED)); then
     ensure_service_account "$BUILD_SA_NAME" "$BUILD_SA_EMAIL" "build identity"
   elif ! query gcloud iam service-accounts describe "$BUILD_SA_EMAIL" "${P[@]}" \
@@ -783,7 +793,15 @@ configure_build_identity() {
   ensure_repository
   grant "build may push images to repository $DOCKER_REPOSITORY" roles/artifactregistry.writer \
     "$BUILD_SA_MEMBER" artifacts repositories -- "$DOCKER_REPOSITORY" --location="$REGION" "${P[@]}"
-  ((BUILD_SA_MANAGED)) || return 0
+  if ((BUILD_SA_MANAGED)); then
+    grant_build_project_roles
+  fi
+  if ((GRANTS_MADE > grants_before)); then
+    EXTRA_TRANSIENT_ERRORS=("$BUILD_PERMISSION_ERROR")
+  fi
+}
+
+grant_build_project_roles() {
   # Cloud Logging's roles exist only at project level (and above).
   grant "build may write its logs (project level: the role exists nowhere lower)" \
     roles/logging.logWriter "$BUILD_SA_MEMBER" projects -- "$PROJECT_ID"
@@ -1270,6 +1288,10 @@ cmd_destroy() {
       # A topic that stays keeps no grant for an account that is about to be deleted.
       revoke "$SERVICE_ACCOUNT on kept topic $topic" roles/pubsub.publisher "$SA_MEMBER" \
         pubsub topics -- "$topic" "${P[@]}"
+    fi
+    if ((DESTROY_STATUS == 2)) && [[ $topic == "$DEAD_LETTER_TOPIC" ]]; then
+      revoke "Pub/Sub service agent on kept topic $topic" roles/pubsub.publisher \
+        "$PUBSUB_AGENT_MEMBER" pubsub topics -- "$topic" "${P[@]}"
     fi
   done
   destroy_one "image repository $DOCKER_REPOSITORY" \

@@ -54,6 +54,11 @@ EVENTARC_PROPAGATION_ERROR = (
     "Eventarc, it may take a few minutes before all necessary permissions are propagated to the "
     "Service Agent. Otherwise, verify that it has Eventarc Service Agent role.]"
 )
+# What a build says when its account's fresh grants have not reached Cloud Storage yet.
+BUILD_PERMISSION_ERROR = (
+    "OperationError: code=3, message=Build failed with status: FAILURE. "
+    "{build_account} does not have storage.objects.get access to the Google Cloud Storage object."
+)
 # APIs a new project has enabled (the ones deploy.sh does not enable itself).
 DEFAULT_APIS = ["serviceusage.googleapis.com", "storage.googleapis.com"]
 # The API each command group calls.
@@ -302,9 +307,8 @@ def _fault_guard(call: Call) -> None:
     for fault in call.state["faults"]:
         if fault["times"] > 0 and fault["match"] in line:
             fault["times"] -= 1
-            raise GcloudError(
-                fault["error"].format(**call.state, trigger="t"), fault.get("code", 1)
-            )
+            details = {**call.state, "trigger": "t", "build_account": "the build account"}
+            raise GcloudError(fault["error"].format(**details), fault.get("code", 1))
 
 
 # -- Service Usage, projects

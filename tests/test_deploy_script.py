@@ -831,6 +831,37 @@ def test_propagation_retries_stop_when_their_time_is_up(project: FakeProject) ->
     assert "giving up after" in result.stderr
 
 
+def test_a_build_refused_right_after_its_grants_is_retried(project: FakeProject) -> None:
+    build_refused = {
+        "match": "functions deploy",
+        "times": 1,
+        "error": fake_gcloud.BUILD_PERMISSION_ERROR,
+    }
+    project.change(lambda state: state["faults"].append(build_refused))
+
+    result = project.run("--no-verify", MODEL_URI=MODEL_URI)
+
+    assert result.returncode == 0, result.stderr
+    assert len(_deploys(project.calls())) == 3  # Eventarc, the build, then success
+    assert "does not have storage.objects.get access" in result.stderr
+
+
+def test_a_build_refused_without_fresh_grants_stops_at_once(deployed: FakeProject) -> None:
+    build_refused = {
+        "match": "functions deploy",
+        "times": 1,
+        "error": fake_gcloud.BUILD_PERMISSION_ERROR,
+    }
+    deployed.change(lambda state: state["faults"].append(build_refused))
+    new_model = MODEL_URI.replace("0123456789abcdef", "fedcba9876543210")
+
+    result = deployed.run("--no-verify", MODEL_URI=new_model)
+
+    assert result.returncode == 1
+    assert len(_deploys(deployed.calls())) == 1
+    assert "retrying" not in result.stderr
+
+
 def test_a_failed_check_is_not_taken_for_absence(project: FakeProject) -> None:
     # "Permission denied (or it may not exist)": creating it anyway could clobber or duplicate.
     project.change(
