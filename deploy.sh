@@ -70,10 +70,12 @@ TRANSIENT_ERRORS=(
   'Service account [^ ]+ does not exist'
   'There were concurrent policy changes'
 )
-# A build refused for want of a permission is retried too, but only in a run that has just
-# granted the build account its roles (grants take 2 to 7 minutes or more to apply, per the
-# page above); in any other run it is a real error.
+# A build refused for want of a permission, and a deploy refused because the function's account
+# may not read a secret, are retried too, but only in a run that has just made those grants
+# (grants take 2 to 7 minutes or more to apply, per the page above); in any other run they are
+# real errors.
 BUILD_PERMISSION_ERROR='Build failed.*([Pp]ermission|[Dd]enied|does not have .* access)'
+SECRET_PERMISSION_ERROR='Permission denied on secret'
 
 # The tutorial's sample ride (its steps 03 and 06); `verify` replaces ride_id with a unique one.
 SAMPLE_RIDE='{"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}'
@@ -734,12 +736,13 @@ ensure_service_account() {
 }
 
 # The function's secrets: they must exist (deploy.sh never sees their values); the runtime
-# identity may read those secrets and no others
-# (https://cloud.google.com/functions/docs/configuring/secrets).
+# identity may read those secrets and no others. The deploy checks that access
+# (https://cloud.google.com/run/docs/configuring/secrets), so a grant made in this run may not
+# have reached it yet: then that refusal is retried too.
 configure_secrets() {
   ((${#SECRET_ENV[@]} > 0)) || return 0
   step "Secrets (Secret Manager)"
-  local pair secret
+  local pair secret grants_before=$GRANTS_MADE
   for pair in "${SECRET_ENV[@]}"; do
     secret=${pair#*=}
     secret=${secret%%:*}
@@ -750,6 +753,9 @@ configure_secrets() {
     grant "$SERVICE_ACCOUNT may read secret $secret (as ${pair%%=*})" \
       roles/secretmanager.secretAccessor "$SA_MEMBER" secrets -- "$secret" "${P[@]}"
   done
+  if ((GRANTS_MADE > grants_before)); then
+    EXTRA_TRANSIENT_ERRORS+=("$SECRET_PERMISSION_ERROR")
+  fi
 }
 
 # The build's image repository, owned by deploy.sh so the build account's writer grant can be
@@ -797,7 +803,7 @@ configure_build_identity() {
     grant_build_project_roles
   fi
   if ((GRANTS_MADE > grants_before)); then
-    EXTRA_TRANSIENT_ERRORS=("$BUILD_PERMISSION_ERROR")
+    EXTRA_TRANSIENT_ERRORS+=("$BUILD_PERMISSION_ERROR")
   fi
 }
 
@@ -861,7 +867,7 @@ configure_pubsub_agent() {
   # role on the *project* and, when missing, offers to grant it there
   # (googlecloudsdk/command_lib/functions/v2/deploy_util.py); unattended it only warns. The
   # role is granted here on the one account the pushes are signed as instead
-  # (https://cloud.google.com/pubsub/docs/authenticate-push-subscriptions).
+  # (https://cloud.google.com/pubsub/docs/push#authentication, the page gcloud's check names).
   pubsub_agent_grant "Pub/Sub service agent may sign pushes as $TRIGGER_SERVICE_ACCOUNT" \
     roles/iam.serviceAccountTokenCreator iam service-accounts -- "$TRIGGER_SA_EMAIL" "${P[@]}"
   pubsub_agent_grant "Pub/Sub service agent may dead-letter to $DEAD_LETTER_TOPIC" \

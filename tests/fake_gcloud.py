@@ -59,6 +59,11 @@ BUILD_PERMISSION_ERROR = (
     "OperationError: code=3, message=Build failed with status: FAILURE. "
     "{build_account} does not have storage.objects.get access to the Google Cloud Storage object."
 )
+# What a deploy says when the function's account may not read a secret (yet).
+SECRET_PERMISSION_ERROR = (
+    "OperationError: code=7, message=Permission denied on secret: "
+    "projects/{number}/secrets/{secret}/versions/latest for Revision service account."
+)
 # APIs a new project has enabled (the ones deploy.sh does not enable itself).
 DEFAULT_APIS = ["serviceusage.googleapis.com", "storage.googleapis.com"]
 # The API each command group calls.
@@ -920,6 +925,12 @@ def _secret_env(call: Call) -> list[dict[str, str]]:
         secret, version = reference.split(":")
         if secret not in call.state["secrets"]:
             raise GcloudError(f"NOT_FOUND: secret {secret} not found")
+        # Cloud Run checks at deploy time that the function's account may read each secret.
+        runtime = f"serviceAccount:{call.flag('service-account')}"
+        if not has_role(
+            call.state, "secret", secret, {"roles/secretmanager.secretAccessor"}, runtime
+        ):
+            raise GcloudError(SECRET_PERMISSION_ERROR.format(secret=secret, **call.state))
         found.append(
             {"key": key, "projectId": call.state["project"], "secret": secret, "version": version}
         )

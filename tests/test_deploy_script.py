@@ -1001,6 +1001,28 @@ def test_mlflow_credentials_come_from_secret_manager(
     assert function["serviceConfig"]["secretEnvironmentVariables"] == []
 
 
+def test_a_deploy_refused_right_after_a_secret_grant_is_retried(deployed: FakeProject) -> None:
+    def new_secret(state: dict[str, Any]) -> None:
+        state["secrets"] = ["mlflow-token"]
+        state["faults"].append(
+            {
+                "match": "functions deploy",
+                "times": 1,
+                "error": fake_gcloud.SECRET_PERMISSION_ERROR.replace("{secret}", "mlflow-token"),
+            }
+        )
+
+    deployed.change(new_secret)
+
+    result = deployed.run(
+        "--no-verify", "--mlflow-tracking-token-secret", "mlflow-token", MODEL_URI=MODEL_URI
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert len(_deploys(deployed.calls())) == 2
+    assert "(a propagation delay: 'Permission denied on secret')" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
