@@ -300,18 +300,27 @@ has_binding() {
     [[ -n $QUERY_OUT ]]
 }
 
+# split_resource RESOURCE-GROUP... -- RESOURCE-ARGS...: sets GROUP (e.g. `pubsub topics`) and
+# ARGS (the resource and its flags) for grant and revoke.
+split_resource() {
+  GROUP=()
+  while [[ $1 != -- ]]; do
+    GROUP+=("$1")
+    shift
+  done
+  shift
+  ARGS=("$@")
+}
+
 # grant WHAT ROLE MEMBER RESOURCE-GROUP... -- RESOURCE-ARGS...: add an IAM binding unless present
 # (running the function named in BEFORE_GRANT first, if any).
 #   e.g. grant "publish to X" roles/pubsub.publisher serviceAccount:A pubsub topics -- X
 grant() {
   local what=$1 role=$2 member=$3
   shift 3
-  local group=()
-  while [[ $1 != -- ]]; do
-    group+=("$1")
-    shift
-  done
-  shift
+  split_resource "$@"
+  local group=("${GROUP[@]}")
+  set -- "${ARGS[@]}"
   if has_binding "$role" "$member" gcloud "${group[@]}" get-iam-policy "$@"; then
     ok "$what ($role)"
     return 0
@@ -328,12 +337,9 @@ grant() {
 revoke() {
   local what=$1 role=$2 member=$3
   shift 3
-  local group=()
-  while [[ $1 != -- ]]; do
-    group+=("$1")
-    shift
-  done
-  shift
+  split_resource "$@"
+  local group=("${GROUP[@]}")
+  set -- "${ARGS[@]}"
   if has_binding "$role" "$member" gcloud "${group[@]}" get-iam-policy "$@" || is_dry_run; then
     condition_flag "${group[0]}"
     run "revoke $role: $what" \

@@ -427,27 +427,39 @@ def iam_policy_command(kind: str, exists: Callable[[Call], str]) -> Callable[[Ca
     return handle
 
 
+# -- finding resources
+
+
+def _existing(
+    collection: str, what: str, index: int = 3, location: str | None = None
+) -> Callable[[Call], str]:
+    """A finder: the name at ``words[index]`` of a resource that must exist in ``collection``."""
+
+    def find(call: Call) -> str:
+        call.project()
+        if location:
+            call.region(location)
+        name = call.words[index]
+        if name not in call.state[collection]:
+            raise call.not_found(f"{what} {name}")
+        return str(name)
+
+    return find
+
+
+_existing_topic = _existing("topics", "topic")
+_existing_subscription = _existing("subscriptions", "subscription")
+_existing_service_account = _existing("service_accounts", "service account")
+_existing_repository = _existing("repositories", "repository", location="location")
+_existing_secret = _existing("secrets", "secret", index=2)
+_existing_service = _existing("run_services", "service", location="region")
+
+
 # -- Pub/Sub
 
 
 def _topic_path(state: dict[str, Any], topic: str) -> str:
     return topic if topic.startswith("projects/") else f"projects/{state['project']}/topics/{topic}"
-
-
-def _existing_topic(call: Call) -> str:
-    call.project()
-    topic = call.words[3]
-    if topic not in call.state["topics"]:
-        raise call.not_found(f"topic {topic}")
-    return topic
-
-
-def _existing_subscription(call: Call) -> str:
-    call.project()
-    name = call.words[3]
-    if name not in call.state["subscriptions"]:
-        raise call.not_found(f"subscription {name}")
-    return name
 
 
 def _labels(value: str | None) -> dict[str, str]:
@@ -668,14 +680,6 @@ def _update_subscription(call: Call, subscription: dict[str, Any]) -> None:
 # -- IAM service accounts
 
 
-def _existing_service_account(call: Call) -> str:
-    call.project()
-    email = call.words[3]
-    if email not in call.state["service_accounts"]:
-        raise call.not_found(f"service account {email}")
-    return email
-
-
 def service_accounts(call: Call) -> None:
     verb = call.words[2]
     state = call.state
@@ -725,15 +729,6 @@ def buckets(call: Call) -> None:
         call.print([{"name": _existing_bucket(call)}])
     else:
         iam_policy_command("bucket", _existing_bucket)(call)
-
-
-def _existing_repository(call: Call) -> str:
-    call.project()
-    call.region("location")
-    name = call.words[3]
-    if name not in call.state["repositories"]:
-        raise call.not_found(f"repository {name}")
-    return name
 
 
 def repositories(call: Call) -> None:
@@ -787,14 +782,6 @@ def _cleanup_policies(call: Call, path: str) -> dict[str, Any]:
             entry["mostRecentVersions"] = policy["mostRecentVersions"]
         stored[name] = entry
     return stored
-
-
-def _existing_secret(call: Call) -> str:
-    call.project()
-    name = call.words[2]
-    if name not in call.state["secrets"]:
-        raise call.not_found(f"secret {name}")
-    return name
 
 
 def secrets(call: Call) -> None:
@@ -1055,15 +1042,6 @@ def functions(call: Call) -> None:
         call.stdout.write("LEVEL  NAME  TIME_UTC  LOG\nI  ride-prediction  ...  prediction\n")
     else:
         raise GcloudError(f"fake gcloud: unknown functions command {verb}", 2)
-
-
-def _existing_service(call: Call) -> str:
-    call.project()
-    call.region()
-    name = call.words[3]
-    if name not in call.state["run_services"]:
-        raise call.not_found(f"service {name}")
-    return name
 
 
 def run_services(call: Call) -> None:

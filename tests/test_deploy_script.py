@@ -831,13 +831,16 @@ def test_propagation_retries_stop_when_their_time_is_up(project: FakeProject) ->
     assert "giving up after" in result.stderr
 
 
+# The build fails once for want of a permission.
+BUILD_REFUSED = {
+    "match": "functions deploy",
+    "times": 1,
+    "error": fake_gcloud.BUILD_PERMISSION_ERROR,
+}
+
+
 def test_a_build_refused_right_after_its_grants_is_retried(project: FakeProject) -> None:
-    build_refused = {
-        "match": "functions deploy",
-        "times": 1,
-        "error": fake_gcloud.BUILD_PERMISSION_ERROR,
-    }
-    project.change(lambda state: state["faults"].append(build_refused))
+    project.change(lambda state: state["faults"].append(dict(BUILD_REFUSED)))
 
     result = project.run("--no-verify", MODEL_URI=MODEL_URI)
 
@@ -847,12 +850,7 @@ def test_a_build_refused_right_after_its_grants_is_retried(project: FakeProject)
 
 
 def test_a_build_refused_without_fresh_grants_stops_at_once(deployed: FakeProject) -> None:
-    build_refused = {
-        "match": "functions deploy",
-        "times": 1,
-        "error": fake_gcloud.BUILD_PERMISSION_ERROR,
-    }
-    deployed.change(lambda state: state["faults"].append(build_refused))
+    deployed.change(lambda state: state["faults"].append(dict(BUILD_REFUSED)))
     new_model = MODEL_URI.replace("0123456789abcdef", "fedcba9876543210")
 
     result = deployed.run("--no-verify", MODEL_URI=new_model)
