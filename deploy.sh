@@ -26,7 +26,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # function's THREADS (functions-framework's gunicorn threads) is set to the same number, as
 # https://cloud.google.com/functions/docs/configuring/concurrency recommends for Python. The one
 # place for the default; docs/deploy.md ("Scale settings") says where the number comes from.
-DEFAULT_CONCURRENCY=20
+DEFAULT_CONCURRENCY=32
 
 # The only files the function needs; .gcloudignore lets exactly these through, and the deploy
 # step refuses to upload anything else (tests/test_packaging.py keeps the lists in sync).

@@ -379,14 +379,14 @@ def test_a_brand_new_project_is_deployed_unattended_and_verified(project: FakePr
     )
     service = function["serviceConfig"]
     assert service["availableCpu"] == "1"
-    assert service["maxInstanceRequestConcurrency"] == 20
+    assert service["maxInstanceRequestConcurrency"] == 32
     assert service["environmentVariables"] == {
         "MODEL_URI": MODEL_URI,
         "PROJECT_ID": PROJECT,
         "PUBLISH_STREAM": "ride-predictions",
         "DEAD_LETTER_STREAM": DLQ,
         "MODEL_NAME": "ride_duration_prediction_model",
-        "THREADS": "20",
+        "THREADS": "32",
     }
     assert service["secretEnvironmentVariables"] == []
     assert service["timeoutSeconds"] == 60
@@ -1288,8 +1288,8 @@ def test_dry_run_shows_the_plan(project: FakeProject) -> None:
 
     (deploy,) = [line for line in lines if line[1:3] == ["functions", "deploy"]]
     assert _flag(deploy, "build-service-account")
-    assert (_flag(deploy, "cpu"), _flag(deploy, "concurrency")) == ("1", "20")
-    assert _env_vars(deploy)["THREADS"] == "20"
+    assert (_flag(deploy, "cpu"), _flag(deploy, "concurrency")) == ("1", "32")
+    assert _env_vars(deploy)["THREADS"] == "32"
     (update,) = [line for line in lines if line[1:4] == ["pubsub", "subscriptions", "update"]]
     assert {"--ack-deadline=60", "--min-retry-delay=10s", "--max-retry-delay=60s"} <= set(update)
     agent_grants = [
