@@ -399,6 +399,26 @@ def test_oversized_dead_letter_data_is_truncated_and_flagged() -> None:
     assert output.size < 1024 * 1024
 
 
+def test_dead_letter_envelope_is_compact_json_like_the_predictions() -> None:
+    entry = kinesis_entry(b'{"ride_id": "caf\xc3\xa9"}', position=2)
+    (record,) = lambda_function.kinesis_records({"Records": [entry]})
+    error = lambda_function.InvalidRideError("Expected `int` >= 1 - at `$.ride.PULocationID`")
+
+    output = lambda_function.dead_letter_record(record, error)
+
+    envelope = json.loads(output.data)
+    assert list(envelope) == [
+        "data",
+        "dlq_reason",
+        "dlq_source_sequence_number",
+        "dlq_source_partition_key",
+        "dlq_source_event_source_arn",
+        "dlq_source_arrival_timestamp",
+        "dlq_data_truncated",
+    ]
+    assert output.data == json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def test_dead_letter_partition_key_falls_back_to_the_sequence_number() -> None:
     entry = kinesis_entry(b"x", position=3, partition_key="")
     (record,) = lambda_function.kinesis_records({"Records": [entry]})
