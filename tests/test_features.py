@@ -141,7 +141,8 @@ def test_invalid_ride_events_are_rejected_with_a_reason(ride_event: Any, reason:
 def test_a_batch_rejects_an_invalid_element_alone_with_the_same_reason(
     ride_event: Any, reason: str
 ) -> None:
-    elements = [json.dumps(VALID).encode(), json.dumps(ride_event).encode()]
+    # Spaced as no JSON encoder would space them, so the bytes are the element's own.
+    elements = [json.dumps(VALID).encode(), json.dumps(ride_event, indent=1).encode()]
     batch = decode(b"[" + b" , ".join(elements) + b"]")
 
     assert isinstance(batch, RideBatch)
@@ -263,11 +264,12 @@ def test_nesting_is_limited_to_a_fixed_depth_wherever_it_is(levels: int) -> None
     ride_with_field = (
         json.dumps(VALID).encode().replace(b"3.66", b"3.66, " + b'"x": ' + nested.encode())
     )
-    batch_with_field = b"[" + event_with_field + b"]"
     cases = {
         event_with_field: depth_of_event,
         ride_with_field: 1 + depth_of_event,
-        batch_with_field: 1 + depth_of_event,
+        b"[" + event_with_field + b"]": 1 + depth_of_event,
+        # Where the bound of _too_deep is tight: nested in a ride, in a batch.
+        b"[" + ride_with_field + b", " + json.dumps(VALID).encode() + b"]": 2 + depth_of_event,
         nested.encode(): levels,
     }
     for data, depth in cases.items():
