@@ -13,7 +13,6 @@ Delete this file once nobody needs the comparison.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any, NamedTuple
 
 import functions_framework
 
+import main
 from features import InvalidRideError
 from main import (
     PubSubMessage,
@@ -333,16 +333,16 @@ def encode_prediction(constants: ModelConstants, ride_duration: int, ride_id: in
     return f'{constants.json_head}{ride_duration}, "ride_id": {encoded_id}}}}}'.encode()
 
 
-class PredictionService:
-    """Handles one Pub/Sub message: decode, validate, predict, publish (see the module doc)."""
+class PredictionService(main.PredictionService):
+    """``main.PredictionService`` with the decoding, validation and encoding before issue 12.
+
+    Publishing dead letters and the per-message log line are inherited, unchanged.
+    """
 
     def __init__(
         self, settings: Settings, model_loader: ModelLoader, publisher: MessagePublisher
     ) -> None:
-        self.settings = settings
-        self.model_loader = model_loader
-        self.publisher = publisher
-        self._message_log_level = logging.getLevelName(settings.message_log_level)
+        super().__init__(settings, model_loader, publisher)
         # The model the constants were computed for, and them; one tuple, so that concurrent
         # requests read a consistent pair without a lock.
         self._model_constants: tuple[LoadedModel, ModelConstants] | None = None
@@ -491,16 +491,6 @@ class PredictionService:
             [dead_letter_message(message, raw, error, self.settings.max_message_bytes)]
         )
 
-    def _dead_letter(self, dead_letters: list[OutgoingMessage]) -> None:
-        """Publish to the dead-letter topic, when there is one, in one bounded call.
-
-        A failed dead-letter publish raises ``PublishError``: the message is then redelivered
-        instead of vanishing.
-        """
-        dead_letter_topic = self.settings.dead_letter_topic_path
-        if dead_letter_topic is not None and dead_letters:
-            self.publisher.publish(dead_letter_topic, dead_letters)
-
     @staticmethod
     def _log_rejection(
         message: PubSubMessage | None, error: InvalidRideError, started: float, ride_id: Any
@@ -515,22 +505,6 @@ class PredictionService:
         if error.ride_index is not None:
             fields["ride_index"] = error.ride_index
         logger.error("rejected message: %s", error.reason, extra={"fields": fields})
-
-    def _log_handled(
-        self,
-        message: PubSubMessage,
-        started: float,
-        model: LoadedModel | None,
-        **fields: Any,
-    ) -> None:
-        if not logger.isEnabledFor(self._message_log_level):
-            return
-        fields.update(
-            message_id=message.message_id,
-            model_version=model.version if model else None,
-            latency_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-        logger.log(self._message_log_level, "prediction published", extra={"fields": fields})
 
 
 _service: PredictionService | None = None
