@@ -179,6 +179,8 @@ def build_prediction_message(
     return PredictionMessage(model_name, model_version, Prediction(round(duration), ride_id))
 
 
+# One encoder and one decoder per type for the process: their methods are thread-safe since
+# msgspec 0.16 (msgspec/msgspec#402), and gen2 instances serve requests concurrently.
 _ENCODER = msgspec.json.Encoder()
 
 
