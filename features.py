@@ -240,7 +240,7 @@ def decode_message(data: bytes, max_bytes: int) -> RideEvent | RideBatch:
     if message is not None:
         return RideBatch(data, message)
     top = _decode(_MESSAGE_OR_ELEMENTS, data)  # raises for anything but an array of elements
-    if isinstance(top, RideEvent):  # pragma: no cover - _MESSAGE has just rejected it
+    if isinstance(top, RideEvent):  # never: _MESSAGE has just rejected it
         return top
     return RideBatch(data, [_element(raw, index) for index, raw in enumerate(top)], top)
 
