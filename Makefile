@@ -10,7 +10,7 @@ RUNTIME_FILES := main.py features.py model_loader.py publisher.py requirements.t
 FUNCTION_NAME ?= ride-prediction
 DIST ?= dist
 
-.PHONY: help venv lint format test demo up down train package package-aws bench clean
+.PHONY: help venv lint format test demo up down train package package-aws bench schemas clean
 
 help:
 	@echo "make demo    run Stream A -> function -> Stream B on local emulators"
@@ -22,6 +22,7 @@ help:
 	@echo "./deploy.sh  deploy to GCP (see ./deploy.sh --help and docs/deploy.md)"
 	@echo "make package-aws  build the AWS Lambda zip (dist/aws-lambda.zip)"
 	@echo "make bench   benchmark vs the tutorial's function (a few minutes; bench/results)"
+	@echo "make schemas regenerate schemas/*.schema.json from the declarations in features.py"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@echo "… preparing $(VENV) (first run installs the dependencies, about a minute)"
@@ -50,6 +51,11 @@ test: lint
 
 train: $(STAMP)
 	$(PY) -m training.train
+
+# The published JSON Schemas of the messages, generated from features.py (docs/design.md);
+# tests/test_schemas.py fails when the committed files differ from what this writes.
+schemas: $(STAMP)
+	$(PY) -m schemas.generate
 
 # The AWS Lambda variant's deployment zip: handler and core modules only (standard library
 # to build, so no virtual environment needed). See docs/aws.md.

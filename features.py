@@ -1,7 +1,14 @@
-"""Pure ride logic: parse a message payload, validate ride events, build model features.
+"""The message contract, declared once, and the model's features.
 
-Nothing here does I/O or keeps state, so the Cloud Function (``main.py``) and any other
-trigger can share it and tests can call it directly.
+The ride event (input) and the prediction message (output) of ``docs/design.md`` are
+``msgspec.Struct`` declarations. The same declaration decodes and validates the message bytes (in
+C, and the reason of a rejection names the JSON path), encodes the output, and generates the
+published JSON Schemas (``schemas/``, ``make schemas``). What JSON decoding alone does not rule
+out is checked around it, in ``decode_message``: the size limit, strict UTF-8 of the whole
+message, and an explicit nesting-depth limit.
+
+Nothing here does I/O or keeps state, so the Cloud Function (``main.py``), the Lambda
+(``aws/lambda_function.py``) and tests share it.
 """
 
 from __future__ import annotations
@@ -10,278 +17,332 @@ import json
 import math
 import sys
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Annotated, Any
 
-# JSON nesting deeper than this is rejected before it can exhaust the interpreter's stack.
+import msgspec
+from msgspec import Meta
+
+# JSON nesting deeper than this is rejected, whatever the interpreter's own recursion limit
+# (which is what would otherwise stop msgspec, and differs between Python versions).
 MAX_JSON_DEPTH = 32
-# ride_id travels as a Pub/Sub attribute (values are limited to 1024 bytes) and to consumers
-# that store it as a 64-bit integer; anything larger is out of range.
+# ride_id travels as a Pub/Sub attribute (values are limited to 1024 bytes), as a Kinesis
+# partition key (256 characters) and to consumers that store it as a 64-bit integer.
 MAX_RIDE_ID_CHARS = 256
-RIDE_ID_INT_RANGE = range(-(2**63), 2**63)
 # Location ids are taxi zone numbers; the bound only keeps absurd values out of the features.
 MAX_LOCATION_ID = 2**31 - 1
-_MAX_FLOAT = sys.float_info.max
+
+_INTEGER_NOTE = (
+    "written as a JSON integer: the function rejects a number with a fraction or an exponent "
+    "(130.0, 1.3e2), which JSON Schema's integer type accepts"
+)
+
+LocationId = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=MAX_LOCATION_ID,
+        description=f"A taxi zone id from 1 to {MAX_LOCATION_ID}, {_INTEGER_NOTE}.",
+    ),
+]
+TripDistance = Annotated[
+    float,
+    Meta(
+        ge=0,
+        le=sys.float_info.max,
+        description="The trip's distance: a number >= 0 that fits a 64-bit float (the model "
+        "receives it as a float). Booleans, text, NaN and Infinity are invalid.",
+    ),
+]
+RideId = (
+    Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+    | Annotated[str, Meta(min_length=1, max_length=MAX_RIDE_ID_CHARS)]
+)
+
+
+class Ride(msgspec.Struct, gc=False):
+    """The ride: what the model's features are built from. Other fields are ignored."""
+
+    PULocationID: LocationId
+    DOLocationID: LocationId
+    trip_distance: TripDistance
+
+
+class RideEvent(msgspec.Struct, gc=False):
+    """One ride event: the ride and its id, echoed back unchanged. Other fields are ignored."""
+
+    ride: Ride
+    ride_id: Annotated[
+        RideId,
+        Meta(
+            description="The ride's id, echoed back unchanged: a signed 64-bit integer "
+            f"({_INTEGER_NOTE}) or a string of 1 to {MAX_RIDE_ID_CHARS} characters."
+        ),
+    ]
+
+
+RideEvents = Annotated[
+    list[RideEvent],
+    Meta(
+        min_length=1,
+        description="A batch: ride events predicted one by one; an invalid element is "
+        "dead-lettered alone. At most MAX_BATCH_RIDES elements (1000 by default).",
+    ),
+]
+
+
+class Prediction(msgspec.Struct, gc=False):
+    """The prediction for one ride."""
+
+    ride_duration: Annotated[int, Meta(description="Minutes: the model's output, rounded.")]
+    ride_id: Annotated[RideId, Meta(description="The input event's ride_id, unchanged.")]
+
+
+class PredictionMessage(msgspec.Struct, gc=False):
+    """The output message: one per ride, on the output topic (or stream)."""
+
+    model: Annotated[str, Meta(description="MODEL_NAME.")]
+    version: Annotated[str, Meta(description="The version of the model that predicted.")]
+    prediction: Prediction
 
 
 class InvalidRideError(ValueError):
     """A message or ride event that can never be predicted (a permanent failure).
 
     ``reason`` is a human-readable explanation, safe to log and to send to a dead-letter topic.
-    ``ride_index`` is the element's position when the message held a JSON array of rides.
+    ``ride_index`` is the element's position when the message held a JSON array of rides;
+    ``ride_id`` the event's id when it still has a usable one (for the log line).
     """
 
-    def __init__(self, reason: str, ride_index: int | None = None) -> None:
+    def __init__(
+        self, reason: str, ride_index: int | None = None, ride_id: int | str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.ride_index = ride_index
+        self.ride_id = ride_id
 
 
-class RideRequest(NamedTuple):
-    """A validated ride event: the event as received, its id to echo back, the model's features.
+class RideBatch:
+    """A message holding a JSON array of ride events, each element validated on its own.
 
-    A named tuple rather than a frozen dataclass: a third of the cost to build, 1,000 times per
-    1,000-ride message.
+    ``events[i]`` is element i's ``RideEvent``, or the ``InvalidRideError`` that rejects that
+    element alone (its ``ride_index`` is i). ``element_bytes(i)`` is element i exactly as it
+    stands in the message, for its dead letter.
     """
 
-    ride_event: dict[str, Any]
-    ride_id: int | str
-    features: dict[str, Any]
+    __slots__ = ("_data", "_elements", "events")
+
+    def __init__(
+        self,
+        data: bytes,
+        events: list[RideEvent | InvalidRideError],
+        elements: list[msgspec.Raw] | None = None,
+    ) -> None:
+        self._data = data
+        self._elements = elements
+        self.events = events
+
+    def element_bytes(self, index: int) -> bytes:
+        """Element ``index``'s original bytes (the elements are split out on first use)."""
+        if self._elements is None:
+            self._elements = _ELEMENTS.decode(self._data)
+        return bytes(self._elements[index])
+
+
+def features_of(pickup: int, dropoff: int, trip_distance: float) -> dict[str, Any]:
+    """The course model's features, exactly as the tutorial's ``prepare_features`` builds them."""
+    return {"PU_DO": "%s_%s" % (pickup, dropoff), "trip_distance": trip_distance}  # noqa: UP031
+
+
+def ride_features(ride: Ride) -> dict[str, Any]:
+    """The model's features of a decoded ride."""
+    return features_of(ride.PULocationID, ride.DOLocationID, ride.trip_distance)
 
 
 def prepare_features(ride: Mapping[str, Any]) -> dict[str, Any]:
-    """Build the course model's features from a ride, exactly as the tutorial does."""
-    return {
-        "PU_DO": "%s_%s" % (ride["PULocationID"], ride["DOLocationID"]),  # noqa: UP031
-        "trip_distance": ride["trip_distance"],
-    }
+    """The tutorial's ``prepare_features``, for a ride given as a dict (e.g. training rows)."""
+    return features_of(ride["PULocationID"], ride["DOLocationID"], ride["trip_distance"])
 
 
 def build_prediction_message(
     model_name: str, model_version: str, ride_id: int | str, prediction: Any
-) -> dict[str, Any]:
+) -> PredictionMessage:
     """The output message of ``docs/design.md`` for one ride, the same on every trigger.
 
     The duration is the model's prediction rounded to whole minutes. A prediction that is not a
-    finite number can never become a valid message, so it is an ``InvalidRideError``.
+    finite number can never become a valid message (JSON has no NaN; msgspec would write
+    ``null``), so it is an ``InvalidRideError``.
     """
     duration = float(prediction)
     if not math.isfinite(duration):
-        raise InvalidRideError(f"the model predicted {duration} for this ride")
-    return {
-        "model": model_name,
-        "version": model_version,
-        "prediction": {"ride_duration": round(duration), "ride_id": ride_id},
-    }
+        raise InvalidRideError(f"the model predicted {duration} for this ride", ride_id=ride_id)
+    return PredictionMessage(model_name, model_version, Prediction(round(duration), ride_id))
 
 
-def _reject_constant(token: str) -> Any:
-    raise InvalidRideError(f"invalid JSON: {token} is not a JSON number")
+# One encoder and one decoder per type for the process: their methods are thread-safe since
+# msgspec 0.16 (msgspec/msgspec#402), and gen2 instances serve requests concurrently.
+_ENCODER = msgspec.json.Encoder()
 
 
-# Keeps only what decides the nesting depth: brackets (as parentheses), quotes, backslashes.
-# Other ASCII characters are deleted; non-ASCII ones are kept (and send the text to the scan).
-_NESTING_ONLY = {code: None for code in range(128)} | {
-    ord("["): "(",
-    ord("{"): "(",
-    ord("]"): ")",
-    ord("}"): ")",
-    ord('"'): '"',
-    ord("\\"): "\\",
-}
+def encode_message(message: PredictionMessage) -> bytes:
+    """The output message's bytes: compact JSON, UTF-8, fields in declaration order."""
+    return _ENCODER.encode(message)
 
 
-def _json_depth_exceeds(text: str, limit: int) -> bool:
-    """Tell whether brackets outside strings nest deeper than ``limit``.
-
-    The exact answer of ``_scan_depth_exceeds`` in C-speed steps (that character loop costs
-    about 8 ms for a 1,000-ride message, this about 0.2 ms): keep brackets and quotes only,
-    drop what lies between quote pairs (the strings), then remove innermost ``()`` pairs, one
-    nesting level per pass. What this cannot settle (escapes or non-ASCII text, an odd number
-    of quotes, unbalanced or too deep brackets) goes to the character scan.
-    """
-    reduced = text.translate(_NESTING_ONLY)
-    quotes = reduced.count('"')
-    if quotes % 2 == 0 and reduced.count("(") + reduced.count(")") + quotes == len(reduced):
-        nesting = "".join(reduced.split('"')[::2])
-        for _ in range(limit):
-            if not nesting:
-                return False
-            shallower = nesting.replace("()", "")
-            if shallower == nesting:
-                break  # unbalanced
-            nesting = shallower
-        if not nesting:
-            return False
-    return _scan_depth_exceeds(text, limit)
+# A message is one event or a non-empty array of them; when that fails, the array is split into
+# its elements' bytes so that each one is judged alone.
+_MESSAGE = msgspec.json.Decoder(RideEvent | RideEvents)
+_MESSAGE_OR_ELEMENTS = msgspec.json.Decoder(
+    RideEvent | Annotated[list[msgspec.Raw], Meta(min_length=1)]
+)
+_EVENT = msgspec.json.Decoder(RideEvent)
+_ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
+_CHILDREN = msgspec.json.Decoder(list[msgspec.Raw] | dict[str, msgspec.Raw])
 
 
-def _scan_depth_exceeds(text: str, limit: int) -> bool:
-    """Tell whether brackets outside strings nest deeper than ``limit`` (a linear scan)."""
-    depth = 0
-    in_string = False
-    escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
+class _RideIdOnly(msgspec.Struct):
+    """What a rejected event may still tell about itself: its id, when that one is valid."""
+
+    ride_id: RideId | None = None
 
 
-def parse_payload(data: bytes, max_bytes: int) -> Any:
-    """Decode message bytes as strict UTF-8 JSON.
+_RIDE_ID_ONLY = msgspec.json.Decoder(_RideIdOnly)
 
-    Rejects payloads over ``max_bytes``, invalid UTF-8, invalid JSON, the non-standard
-    ``NaN``/``Infinity`` tokens and nesting deeper than ``MAX_JSON_DEPTH``.
+
+def decode_message(data: bytes, max_bytes: int) -> RideEvent | RideBatch:
+    """Decode and validate message bytes: one ride event, or a batch (a JSON array of them).
+
+    Raises ``InvalidRideError`` for a message that can never succeed: over ``max_bytes``, empty,
+    not UTF-8 throughout, not JSON, nested deeper than ``MAX_JSON_DEPTH``, or not a ride event
+    nor a non-empty array. In a batch, an invalid element does not fail the message: it is
+    returned as its own ``InvalidRideError`` in ``RideBatch.events``.
     """
     if len(data) > max_bytes:
         raise InvalidRideError(f"message is {len(data)} bytes, over the limit of {max_bytes}")
-    if not data.strip():
+    if not data or data.isspace():
         raise InvalidRideError("message data is empty")
+    if not data.isascii():
+        # msgspec checks UTF-8 only in the strings it decodes, not in fields it skips.
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidRideError(f"message data is not valid UTF-8: {error}") from None
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise InvalidRideError(f"message data is not valid UTF-8: {error}") from None
-    if ("[" in text or "{" in text) and _json_depth_exceeds(text, MAX_JSON_DEPTH):
+        message = _MESSAGE.decode(data)
+    except msgspec.ValidationError:
+        message = None  # which part is invalid is decided below, once the depth is known
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise _decode_failure(data, error) from None
+    if _too_deep(data, message):
         raise InvalidRideError(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(message, RideEvent):
+        return message
+    if message is not None:
+        return RideBatch(data, message)
+    top = _decode(_MESSAGE_OR_ELEMENTS, data)  # raises for anything but an array of elements
+    if isinstance(top, RideEvent):  # never: _MESSAGE has just rejected it
+        return top
+    return RideBatch(data, [_element(raw, index) for index, raw in enumerate(top)], top)
+
+
+def _element(raw: msgspec.Raw, index: int) -> RideEvent | InvalidRideError:
     try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as error:
-        raise InvalidRideError(f"message data is not valid JSON: {error}") from None
+        return _decode(_EVENT, raw, index)
+    except InvalidRideError as error:
+        return error
+
+
+def _decode(decoder: msgspec.json.Decoder, data: Any, ride_index: int | None = None) -> Any:
+    """``decoder.decode(data)``, every way it can fail turned into an ``InvalidRideError``."""
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as error:
+        raise InvalidRideError(str(error), ride_index, _ride_id_of(data)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+        failure = _decode_failure(bytes(data), error)
+        failure.ride_index = ride_index
+        raise failure from None
+
+
+def _decode_failure(data: bytes, error: Exception) -> InvalidRideError:
+    """The permanent error for bytes that msgspec could not decode at all."""
+    if isinstance(error, RecursionError):
+        # msgspec's own limit is the interpreter's recursion limit, far deeper than ours.
+        return InvalidRideError(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(error, UnicodeDecodeError):
+        return InvalidRideError(f"message data is not valid UTF-8: {error}")
+    return InvalidRideError(f"message data is not valid JSON: {_malformed(data, error)}")
+
+
+class _NotAJsonNumberError(ValueError):
+    """A ``NaN``, ``Infinity`` or ``-Infinity`` token, which Python's parser would accept."""
+
+
+def _reject_constant(token: str) -> Any:
+    raise _NotAJsonNumberError(token)
+
+
+def _malformed(data: bytes, error: Exception) -> str:
+    """msgspec's reason, or a clearer one for the two inputs where its reason misleads.
+
+    msgspec calls a ``NaN``/``Infinity`` token an "invalid character", and a lone surrogate
+    escape (``"\\ud800"``, not a Unicode character) "truncated" input or an "invalid utf-16
+    surrogate pair". Python's own parser accepts both, so on this error path (never for a valid
+    message) it tells which one it was.
+    """
+    try:
+        value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except _NotAJsonNumberError as token:
+        return f"{token} is not a JSON number"
+    except (ValueError, RecursionError):
+        return str(error)
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return (
+            "a string holds a lone UTF-16 surrogate escape (\\ud800 to \\udfff), "
+            "which is not a Unicode character"
+        )
+    return str(error)
+
+
+def _ride_id_of(data: Any) -> int | str | None:
+    """The ride_id of an event that failed validation, if it has a valid one; else None."""
+    try:
+        return _RIDE_ID_ONLY.decode(data).ride_id
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def _too_deep(data: bytes, message: RideEvent | list[RideEvent] | None) -> bool:
+    """Whether the message nests deeper than ``MAX_JSON_DEPTH``; cheap for the usual ones.
+
+    Every level of nesting opens with a ``[`` or ``{`` byte, so their count bounds the depth
+    (brackets inside strings only raise the count). In a decoded batch each event brings two
+    braces of its own (the event's and its ride's) that nest just three levels with the array;
+    only the remaining brackets can nest further. Beyond that bound, the exact answer.
+    """
+    opens = data.count(b"[") + data.count(b"{")
+    bound = opens - 2 * len(message) + 2 if isinstance(message, list) else opens
+    return bound > MAX_JSON_DEPTH and _nests_deeper(data, MAX_JSON_DEPTH)
+
+
+def _nests_deeper(data: bytes, limit: int) -> bool:
+    """Whether the JSON value ``data`` has arrays or objects nested more than ``limit`` deep.
+
+    Each level is split into its elements' bytes by msgspec, so strings, escapes and
+    whitespace are msgspec's business. An object's repeated key keeps only its last value,
+    as when the message is decoded, so only that one is looked into.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    try:
+        children = _CHILDREN.decode(data)
     except RecursionError:
-        raise InvalidRideError("JSON nests too deeply") from None
-    except ValueError as error:  # e.g. an integer literal over Python's 4300-digit limit
-        raise InvalidRideError(f"message data is not usable JSON: {error}") from None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_location(ride: Mapping[str, Any], field: str) -> None:
-    if field not in ride:
-        raise InvalidRideError(f"ride.{field} is missing")
-    value = ride[field]
-    if not _is_int(value):
-        raise InvalidRideError(f"ride.{field} must be an integer, got {type(value).__name__}")
-    if not 0 < value <= MAX_LOCATION_ID:
-        raise InvalidRideError(f"ride.{field} must be between 1 and {MAX_LOCATION_ID}")
-
-
-def _check_distance(ride: Mapping[str, Any]) -> None:
-    if "trip_distance" not in ride:
-        raise InvalidRideError("ride.trip_distance is missing")
-    value = ride["trip_distance"]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRideError(f"ride.trip_distance must be a number, got {type(value).__name__}")
-    # A huge JSON integer overflows float conversion; treat it as out of range.
-    try:
-        as_float = float(value)
-    except OverflowError:
-        raise InvalidRideError("ride.trip_distance is too large") from None
-    if not math.isfinite(as_float):
-        raise InvalidRideError("ride.trip_distance must be finite")
-    if as_float < 0:
-        raise InvalidRideError(f"ride.trip_distance must be >= 0, got {value}")
-
-
-# Integers up to this convert to a finite float; larger ones are left to the full check.
-_FLOAT_SAFE_INT = 2**1023
-
-
-def _common_valid_event(ride_event: Any) -> RideRequest | None:
-    """The request for an event of the usual, valid shape; None for anything else.
-
-    Plain types only (``type(x) is int`` also leaves out booleans), each test one the full
-    checks make too, so an event accepted here is one they accept; everything else, invalid
-    events included, goes through them. It halves validation in a 1,000-ride message.
-    """
-    if type(ride_event) is not dict:
-        return None
-    ride_id = ride_event.get("ride_id")
-    ride = ride_event.get("ride")
-    if type(ride) is not dict:
-        return None
-    if type(ride_id) is int:
-        if ride_id not in RIDE_ID_INT_RANGE:
-            return None
-    elif type(ride_id) is not str or not 0 < len(ride_id) <= MAX_RIDE_ID_CHARS:
-        return None
-    pickup, dropoff = ride.get("PULocationID"), ride.get("DOLocationID")
-    if not (
-        type(pickup) is int
-        and type(dropoff) is int
-        and 0 < pickup <= MAX_LOCATION_ID
-        and 0 < dropoff <= MAX_LOCATION_ID
-    ):
-        return None
-    distance = ride.get("trip_distance")
-    if type(distance) is float:
-        if not 0.0 <= distance <= _MAX_FLOAT:  # also false for NaN
-            return None
-    elif type(distance) is not int or not 0 <= distance <= _FLOAT_SAFE_INT:
-        return None
-    return RideRequest(ride_event, ride_id, prepare_features(ride))
-
-
-def validate_ride_event(ride_event: Any) -> RideRequest:
-    """Validate one ride event as ``docs/design.md`` defines it and build its features.
-
-    Raises ``InvalidRideError`` with the first problem found. Extra fields are ignored.
-    """
-    request = _common_valid_event(ride_event)
-    return request if request is not None else _checked_event(ride_event)
-
-
-def _checked_event(ride_event: Any) -> RideRequest:
-    """Every check of ``docs/design.md``'s input rules, in order; raises with the first problem."""
-    if not isinstance(ride_event, dict):
-        raise InvalidRideError(f"ride event must be a JSON object, got {_json_type(ride_event)}")
-    if "ride_id" not in ride_event:
-        raise InvalidRideError("ride_id is missing")
-    ride_id = ride_event["ride_id"]
-    if isinstance(ride_id, str):
-        if not ride_id:
-            raise InvalidRideError("ride_id must not be empty")
-        if len(ride_id) > MAX_RIDE_ID_CHARS:
-            raise InvalidRideError(f"ride_id is longer than {MAX_RIDE_ID_CHARS} characters")
-    elif _is_int(ride_id):
-        if ride_id not in RIDE_ID_INT_RANGE:
-            raise InvalidRideError("ride_id is outside the 64-bit integer range")
-    else:
-        raise InvalidRideError(f"ride_id must be an integer or a string, got {_json_type(ride_id)}")
-    if "ride" not in ride_event:
-        raise InvalidRideError("ride is missing")
-    ride = ride_event["ride"]
-    if not isinstance(ride, dict):
-        raise InvalidRideError(f"ride must be a JSON object, got {_json_type(ride)}")
-    _check_location(ride, "PULocationID")
-    _check_location(ride, "DOLocationID")
-    _check_distance(ride)
-    return RideRequest(ride_event=ride_event, ride_id=ride_id, features=prepare_features(ride))
-
-
-def _json_type(value: Any) -> str:
-    """Name a decoded JSON value by its JSON type, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+        return True  # deeper than the interpreter's recursion limit, so deeper than ours
+    except msgspec.DecodeError:
+        return False  # a string full of brackets, or malformed JSON that the decode reports
+    if limit == 0:
+        return True
+    values = children.values() if isinstance(children, dict) else children
+    return any(_nests_deeper(bytes(value), limit - 1) for value in values)

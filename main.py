@@ -25,13 +25,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import functions_framework
+import msgspec
 
 from features import (
     InvalidRideError,
-    RideRequest,
+    PredictionMessage,
+    RideBatch,
+    RideEvent,
     build_prediction_message,
-    parse_payload,
-    validate_ride_event,
+    decode_message,
+    encode_message,
+    ride_features,
 )
 from model_loader import LoadedModel, ModelLoader
 from publisher import MessagePublisher, OutgoingMessage, PubSubPublisher, topic_path
@@ -220,43 +224,8 @@ def _decode_base64(data: Any) -> bytes:
         raise InvalidRideError(f"message data is not valid base64: {error}") from None
 
 
-def _ride_id_of(ride_event: Any) -> int | str | None:
-    """The ride_id of an event that may be invalid, for logging; None if there is no usable one."""
-    ride_id = ride_event.get("ride_id") if isinstance(ride_event, dict) else None
-    if isinstance(ride_id, int | str) and not isinstance(ride_id, bool):
-        return ride_id if len(str(ride_id)) <= 256 else None
-    return None
-
-
 def _truncate(text: str, limit: int = _MAX_ATTRIBUTE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-@dataclass(frozen=True)
-class ModelConstants:
-    """What every output message of one model shares, computed once per loaded model."""
-
-    json_head: str  # the output JSON up to the duration's digits
-    attribute_version: str
-
-
-def model_constants(model: LoadedModel) -> ModelConstants:
-    """The parts of every output message that depend only on the model."""
-    head = json.dumps({"model": model.name, "version": model.version, "prediction": {}})
-    return ModelConstants(
-        json_head=head[: -len("{}}")] + '{"ride_duration": ',
-        attribute_version=_truncate(model.version),
-    )
-
-
-def encode_prediction(constants: ModelConstants, ride_duration: int, ride_id: int | str) -> bytes:
-    """The output message's bytes: exactly ``json.dumps`` of the ``docs/design.md`` message.
-
-    Built from a per-model prefix because ``json.dumps`` of the whole message costs about
-    2.5 µs, a quarter of the time a ride in a 1,000-ride message may take (see docs/speed.md).
-    """
-    encoded_id = json.dumps(ride_id) if isinstance(ride_id, str) else int.__repr__(ride_id)
-    return f'{constants.json_head}{ride_duration}, "ride_id": {encoded_id}}}}}'.encode()
 
 
 class PredictionService:
@@ -269,17 +238,6 @@ class PredictionService:
         self.model_loader = model_loader
         self.publisher = publisher
         self._message_log_level = logging.getLevelName(settings.message_log_level)
-        # The model the constants were computed for, and them; one tuple, so that concurrent
-        # requests read a consistent pair without a lock.
-        self._model_constants: tuple[LoadedModel, ModelConstants] | None = None
-
-    def _constants_for(self, model: LoadedModel) -> ModelConstants:
-        """``model_constants(model)``, computed once per loaded model, not once per message."""
-        cached = self._model_constants
-        if cached is None or cached[0] is not model:
-            cached = (model, model_constants(model))
-            self._model_constants = cached
-        return cached[1]
 
     def handle(self, event_data: Any, event_id: str = "") -> dict[str, Any] | list[Any] | None:
         """Handle a CloudEvent's data; return the prediction message(s), or None if rejected.
@@ -289,119 +247,111 @@ class PredictionService:
         started = time.perf_counter()
         message: PubSubMessage | None = None
         raw = b""
-        payload: Any = None
         try:
             message = _pubsub_message(event_data, event_id)
             # Pub/Sub caps messages at 10 MB, so decoding before the size check is cheap.
             raw = _decode_base64(message.data)
-            payload = parse_payload(raw, self.settings.max_message_bytes)
-            if isinstance(payload, list):
-                return self._handle_batch(message, payload, started)
-            if not isinstance(payload, dict):
-                raise InvalidRideError("message data must be a JSON object or array")
-            request = validate_ride_event(payload)
+            decoded = decode_message(raw, self.settings.max_message_bytes)
+            if isinstance(decoded, RideBatch):
+                return self._handle_batch(message, decoded, started)
         except InvalidRideError as error:
-            self._reject(message, raw, error, started, _ride_id_of(payload))
+            self._reject(message, raw, error, started)
             return None
-        return self._handle_single(message, raw, request, started)
+        return self._handle_single(message, raw, decoded, started)
 
     def _handle_single(
-        self, message: PubSubMessage, raw: bytes, request: RideRequest, started: float
+        self, message: PubSubMessage, raw: bytes, event: RideEvent, started: float
     ) -> dict[str, Any] | None:
         model = self.model_loader.get()
-        (prediction,) = model.predict([request.features])
+        (prediction,) = model.predict([ride_features(event.ride)])
         try:
             prediction_message = build_prediction_message(
-                model.name, model.version, request.ride_id, prediction
+                model.name, model.version, event.ride_id, prediction
             )
         except InvalidRideError as error:
-            self._reject(message, raw, error, started, request.ride_id)
+            self._reject(message, raw, error, started)
             return None
         self.publisher.publish(
             self.settings.output_topic_path,
-            [self._outgoing(prediction_message, self._constants_for(model), message)],
+            [self._outgoing(prediction_message, _truncate(model.version), message)],
         )
         self._log_handled(
             message,
             started,
             model,
-            ride_id=request.ride_id,
-            ride_duration=prediction_message["prediction"]["ride_duration"],
+            ride_id=event.ride_id,
+            ride_duration=prediction_message.prediction.ride_duration,
         )
-        return prediction_message
+        return msgspec.to_builtins(prediction_message)
 
     def _handle_batch(
-        self, message: PubSubMessage, ride_events: list[Any], started: float
+        self, message: PubSubMessage, batch: RideBatch, started: float
     ) -> list[dict[str, Any]]:
-        if not ride_events:
-            raise InvalidRideError("message data is an empty array of rides")
-        if len(ride_events) > self.settings.max_batch_rides:
+        events = batch.events
+        if len(events) > self.settings.max_batch_rides:
             raise InvalidRideError(
-                f"message holds {len(ride_events)} rides, over the limit of "
+                f"message holds {len(events)} rides, over the limit of "
                 f"{self.settings.max_batch_rides}"
             )
-        valid: list[tuple[int, RideRequest]] = []
-        rejected: list[tuple[int, Any, InvalidRideError]] = []
-        for index, ride_event in enumerate(ride_events):
-            try:
-                valid.append((index, validate_ride_event(ride_event)))
-            except InvalidRideError as error:
-                rejected.append((index, ride_event, error))
+        valid: list[tuple[int, RideEvent]] = []
+        rejected: list[tuple[int, InvalidRideError]] = []
+        for index, event in enumerate(events):
+            if isinstance(event, RideEvent):
+                valid.append((index, event))
+            else:
+                rejected.append((index, event))
 
         outgoing: list[OutgoingMessage] = []
-        prediction_messages: list[dict[str, Any]] = []
+        prediction_messages: list[PredictionMessage] = []
         model: LoadedModel | None = None
         if valid:
             model = self.model_loader.get()
-            predictions = model.predict([request.features for _, request in valid])
-            constants = self._constants_for(model)
-            for (index, request), prediction in zip(valid, predictions, strict=True):
+            predictions = model.predict([ride_features(event.ride) for _, event in valid])
+            model_version = _truncate(model.version)
+            for (index, event), prediction in zip(valid, predictions, strict=True):
                 try:
                     prediction_message = build_prediction_message(
-                        model.name, model.version, request.ride_id, prediction
+                        model.name, model.version, event.ride_id, prediction
                     )
                 except InvalidRideError as error:
-                    rejected.append((index, request.ride_event, error))
+                    rejected.append((index, error))
                     continue
                 prediction_messages.append(prediction_message)
-                outgoing.append(self._outgoing(prediction_message, constants, message, index))
+                outgoing.append(self._outgoing(prediction_message, model_version, message, index))
 
         dead_letters = []
-        for index, ride_event, error in sorted(rejected, key=lambda item: item[0]):
+        for index, error in sorted(rejected, key=lambda item: item[0]):
             error.ride_index = index
-            self._log_rejection(message, error, started, _ride_id_of(ride_event))
+            self._log_rejection(message, error, started)
             dead_letters.append(
                 dead_letter_message(
-                    message, json.dumps(ride_event).encode(), error, self.settings.max_message_bytes
+                    message, batch.element_bytes(index), error, self.settings.max_message_bytes
                 )
             )
         self._dead_letter(dead_letters)
         if outgoing:
             self.publisher.publish(self.settings.output_topic_path, outgoing)
         self._log_handled(
-            message, started, model, ride_count=len(ride_events), rejected_count=len(rejected)
+            message, started, model, ride_count=len(events), rejected_count=len(rejected)
         )
-        return prediction_messages
+        return msgspec.to_builtins(prediction_messages)
 
     @staticmethod
     def _outgoing(
-        prediction_message: dict[str, Any],
-        constants: ModelConstants,
+        prediction_message: PredictionMessage,
+        model_version: str,
         source: PubSubMessage,
         ride_index: int | None = None,
     ) -> OutgoingMessage:
-        ride_id = prediction_message["prediction"]["ride_id"]
+        """The Pub/Sub message of one prediction; ``model_version`` cut to an attribute's size."""
         attributes = {
-            "ride_id": str(ride_id),
-            "model_version": constants.attribute_version,
+            "ride_id": str(prediction_message.prediction.ride_id),
+            "model_version": model_version,
             "source_message_id": source.message_id,
         }
         if ride_index is not None:
             attributes["ride_index"] = str(ride_index)
-        data = encode_prediction(
-            constants, prediction_message["prediction"]["ride_duration"], ride_id
-        )
-        return OutgoingMessage(data, attributes)
+        return OutgoingMessage(encode_message(prediction_message), attributes)
 
     def _reject(
         self,
@@ -409,10 +359,9 @@ class PredictionService:
         raw: bytes,
         error: InvalidRideError,
         started: float,
-        ride_id: Any = None,
     ) -> None:
         """Log a permanent failure and park the message on the dead-letter topic if set."""
-        self._log_rejection(message, error, started, ride_id)
+        self._log_rejection(message, error, started)
         self._dead_letter(
             [dead_letter_message(message, raw, error, self.settings.max_message_bytes)]
         )
@@ -429,15 +378,15 @@ class PredictionService:
 
     @staticmethod
     def _log_rejection(
-        message: PubSubMessage | None, error: InvalidRideError, started: float, ride_id: Any
+        message: PubSubMessage | None, error: InvalidRideError, started: float
     ) -> None:
         fields: dict[str, Any] = {
             "reason": error.reason,
             "message_id": message.message_id if message else "",
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         }
-        if ride_id is not None:
-            fields["ride_id"] = ride_id
+        if error.ride_id is not None:
+            fields["ride_id"] = error.ride_id
         if error.ride_index is not None:
             fields["ride_index"] = error.ride_index
         logger.error("rejected message: %s", error.reason, extra={"fields": fields})

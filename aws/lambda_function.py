@@ -19,7 +19,6 @@ Failures follow ``docs/design.md``, mapped onto Kinesis' partial batch responses
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -27,12 +26,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from features import (
     InvalidRideError,
-    RideRequest,
+    PredictionMessage,
+    RideBatch,
+    RideEvent,
     build_prediction_message,
-    parse_payload,
-    validate_ride_event,
+    decode_message,
+    encode_message,
+    ride_features,
 )
 from kinesis_event import KinesisRecord, batch_response, decode_data, kinesis_records
 from kinesis_writer import MAX_PARTITION_KEY_CHARS, KinesisWriter, OutputRecord, RecordWriter
@@ -50,56 +54,65 @@ _MAX_REASON_CHARS = 1024
 logger = logging.getLogger("ride_predictor")
 
 
-def ride_request(raw: bytes, max_bytes: int) -> RideRequest:
-    """Parse and validate one record's payload: one ride event, as ``docs/design.md`` defines it.
+def ride_event(raw: bytes, max_bytes: int) -> RideEvent:
+    """Decode and validate one record's payload: one ride event, as ``docs/design.md`` defines it.
 
     A JSON array of rides (which the Pub/Sub function accepts) is refused: on Kinesis each ride
     is its own record, which is what lets a failure be reported for that ride alone.
     """
-    payload = parse_payload(raw, max_bytes)
-    if isinstance(payload, list):
+    decoded = decode_message(raw, max_bytes)
+    if isinstance(decoded, RideBatch):
         raise InvalidRideError(
             "record data is a JSON array: a Kinesis record must hold one ride event (an object)"
         )
-    return validate_ride_event(payload)
+    return decoded
 
 
-def prediction_record(message: dict[str, Any]) -> OutputRecord:
+def prediction_record(message: PredictionMessage) -> OutputRecord:
     """The Kinesis record for one prediction, partitioned by its ride_id.
 
+    The data is the Cloud Function's output message, byte for byte (``features.encode_message``).
     Partitioning by ride_id keeps every prediction of a ride on one shard, in order; a ride_id
     is at most 256 characters (``features.MAX_RIDE_ID_CHARS``), the partition key limit.
     """
-    return OutputRecord(
-        data=json.dumps(message).encode(),
-        partition_key=str(message["prediction"]["ride_id"]),
-    )
+    return OutputRecord(data=encode_message(message), partition_key=str(message.prediction.ride_id))
+
+
+class DeadLetterEnvelope(msgspec.Struct):
+    """The dead-letter record's data: the source record's data as delivered, and why.
+
+    Kinesis records have no attributes, so the ``dlq_*`` attributes of the Pub/Sub dead-letter
+    format become fields.
+    """
+
+    data: str | None  # the source record's base64 data, as delivered
+    dlq_reason: str
+    dlq_source_sequence_number: str
+    dlq_source_partition_key: str
+    dlq_source_event_source_arn: str
+    dlq_source_arrival_timestamp: Any
+    dlq_data_truncated: bool
 
 
 def dead_letter_record(record: KinesisRecord, error: InvalidRideError) -> OutputRecord:
-    """The dead-letter record: a JSON envelope holding the source data as delivered and why.
+    """The dead-letter record: a ``DeadLetterEnvelope`` as compact JSON, like every output.
 
-    Kinesis records have no attributes, so the ``dlq_*`` attributes of the Pub/Sub dead-letter
-    format become fields: ``{"data": <the source record's base64 data>, "dlq_reason": ...,
-    "dlq_source_sequence_number": ..., "dlq_source_partition_key": ...,
-    "dlq_source_event_source_arn": ..., "dlq_source_arrival_timestamp": ...,
-    "dlq_data_truncated": false}``. It keeps the source's partition key, so rejected records of
-    one key stay in order.
+    It keeps the source's partition key, so rejected records of one key stay in order.
     """
     data = record.data if isinstance(record.data, str) else None
-    truncated = data is not None and len(data) > MAX_DEAD_LETTER_DATA_CHARS
-    envelope = {
-        "data": data[:MAX_DEAD_LETTER_DATA_CHARS] if data is not None else None,
-        "dlq_reason": error.reason[:_MAX_REASON_CHARS],
-        "dlq_source_sequence_number": record.sequence_number,
-        "dlq_source_partition_key": record.partition_key,
-        "dlq_source_event_source_arn": record.event_source_arn,
-        "dlq_source_arrival_timestamp": record.approximate_arrival_timestamp,
-        "dlq_data_truncated": truncated,
-    }
+    envelope = DeadLetterEnvelope(
+        data=data[:MAX_DEAD_LETTER_DATA_CHARS] if data is not None else None,
+        dlq_reason=error.reason[:_MAX_REASON_CHARS],
+        dlq_source_sequence_number=record.sequence_number,
+        dlq_source_partition_key=record.partition_key,
+        dlq_source_event_source_arn=record.event_source_arn,
+        dlq_source_arrival_timestamp=record.approximate_arrival_timestamp,
+        dlq_data_truncated=data is not None and len(data) > MAX_DEAD_LETTER_DATA_CHARS,
+    )
     partition_key = record.partition_key or record.sequence_number
     return OutputRecord(
-        data=json.dumps(envelope, default=str).encode(),
+        # An arrival timestamp of a type JSON does not know is written as its text.
+        data=msgspec.json.encode(envelope, enc_hook=str),
         partition_key=partition_key[:MAX_PARTITION_KEY_CHARS],
     )
 
@@ -110,7 +123,7 @@ class _Accepted:
 
     position: int
     record: KinesisRecord
-    request: RideRequest
+    event: RideEvent
 
 
 @dataclass(frozen=True)
@@ -188,19 +201,19 @@ class KinesisPredictionService:
         max_bytes = self.settings.max_message_bytes
         for position, record in enumerate(records):
             try:
-                request = ride_request(decode_data(record, max_bytes), max_bytes)
+                event = ride_event(decode_data(record, max_bytes), max_bytes)
             except InvalidRideError as error:
-                rejected.append(_Rejected(position, record, error))
+                rejected.append(_Rejected(position, record, error, error.ride_id))
             else:
-                accepted.append(_Accepted(position, record, request))
+                accepted.append(_Accepted(position, record, event))
         return accepted, rejected
 
     def _predict(
         self, model: LoadedModel, accepted: list[_Accepted]
-    ) -> tuple[list[tuple[_Accepted, dict[str, Any]]], list[_Rejected]]:
+    ) -> tuple[list[tuple[_Accepted, PredictionMessage]], list[_Rejected]]:
         """Predict the whole batch in one model call; a non-finite prediction is permanent."""
-        predictions = model.predict([item.request.features for item in accepted])
-        predicted: list[tuple[_Accepted, dict[str, Any]]] = []
+        predictions = model.predict([ride_features(item.event.ride) for item in accepted])
+        predicted: list[tuple[_Accepted, PredictionMessage]] = []
         unpredictable: list[_Rejected] = []
         for item, prediction in zip(accepted, predictions, strict=True):
             try:
@@ -208,20 +221,20 @@ class KinesisPredictionService:
                     (
                         item,
                         build_prediction_message(
-                            model.name, model.version, item.request.ride_id, prediction
+                            model.name, model.version, item.event.ride_id, prediction
                         ),
                     )
                 )
             except InvalidRideError as error:
                 unpredictable.append(
-                    _Rejected(item.position, item.record, error, item.request.ride_id)
+                    _Rejected(item.position, item.record, error, item.event.ride_id)
                 )
         return predicted, unpredictable
 
     def _write_predictions(
         self,
         model: LoadedModel,
-        predicted: list[tuple[_Accepted, dict[str, Any]]],
+        predicted: list[tuple[_Accepted, PredictionMessage]],
         started: float,
     ) -> set[str]:
         """Write the predictions; return the sequence numbers of the records not written."""
@@ -235,7 +248,7 @@ class KinesisPredictionService:
         for index, (item, message) in enumerate(predicted):
             fields = {
                 "sequence_number": item.record.sequence_number,
-                "ride_id": item.request.ride_id,
+                "ride_id": item.event.ride_id,
                 "model_version": model.version,
             }
             if index in not_written:
@@ -246,7 +259,7 @@ class KinesisPredictionService:
                 )
             elif logger.isEnabledFor(self._message_log_level):
                 fields.update(
-                    ride_duration=message["prediction"]["ride_duration"],
+                    ride_duration=message.prediction.ride_duration,
                     latency_ms=_elapsed_ms(started),
                 )
                 logger.log(self._message_log_level, "prediction written", extra={"fields": fields})

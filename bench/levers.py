@@ -13,9 +13,16 @@ Each lever is timed in isolation, ``--rounds`` times interleaved, and reported a
   with ``PublisherClient.publish(...).result()`` (default batching, then ``max_latency=0``) and
   with the project's ``publisher.PubSubPublisher``;
 * ``log_line_us``: one per-message JSON log line of ``main`` (written to /dev/null);
+* ``contract_us``: decoding and validating one ride's message and a 1,000-ride message, and
+  building and encoding 1,000 output messages, with ``features`` (msgspec) and with the code
+  before issue 12 (``bench/variants/contract_before.py``), next to ``json.dumps``;
 * ``handler``: ``main.PredictionService.handle`` in process for one ride and for 1,000-ride
   messages with an in-memory publisher (decode, validate, predict, build every output
-  message: all but the network), then with the real publisher (emulator).
+  message: all but the network), then with the real publisher (emulator); the same for the
+  handler before issue 12 (``bench/variants/contract_before.py``: the hand-written parser,
+  validation and output JSON), interleaved, so that the typed schemas' gain is measured in
+  the same run; and, with the emulator, 1,000-ride messages end to end (POST to 2xx) through
+  functions-framework serving each of the two.
 """
 
 from __future__ import annotations
@@ -30,17 +37,25 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import features
 import main
-from features import validate_ride_event
+from bench.harness import PROBE, Pusher, on_other_cpus, push_body
+from bench.variants import contract_before
+from devstack.function_server import FunctionServer
 from model_loader import ModelLoader, load_model
 from publisher import OutgoingMessage, PubSubPublisher
 
 TOPIC = "ride-predictions"
+# Suffix of the figures of the handler as it was before issue 12 (the typed schemas).
+BEFORE = ", before issue 12"
+# The function as deployed and the copy from before issue 12, as functions-framework serves them.
+END_TO_END_VARIANTS = {"": "main", BEFORE: "contract_before"}
 
 
 class NullPublisher:
@@ -145,8 +160,8 @@ def predict_levers(
     tutorial = mlflow.pyfunc.load_model(str(tutorial_dir))
     flavour = mlflow.sklearn.load_model(str(model_dir))
     project = load_model(str(model_dir), "m", None)
-    features = [validate_ride_event(ride).features for ride in rides(1000, seed=3)]
-    one = features[:1]
+    rows = [features.prepare_features(ride["ride"]) for ride in rides(1000, seed=3)]
+    one = rows[:1]
 
     def fast_config(fn: Callable[[], Any]) -> Callable[[], Any]:
         def call() -> Any:
@@ -160,10 +175,10 @@ def predict_levers(
         "sklearn predict([dict]), 1 ride": lambda: flavour.predict(one),
         "sklearn + config_context, 1 ride": fast_config(lambda: flavour.predict(one)),
         "project LoadedModel.predict, 1 ride": lambda: project.predict(one),
-        "pyfunc predict(list of dicts), 1000 rides": lambda: tutorial.predict(features),
-        "sklearn predict, 1000 rides": lambda: flavour.predict(features),
-        "sklearn + config_context, 1000 rides": fast_config(lambda: flavour.predict(features)),
-        "project LoadedModel.predict, 1000 rides": lambda: project.predict(features),
+        "pyfunc predict(list of dicts), 1000 rides": lambda: tutorial.predict(rows),
+        "sklearn predict, 1000 rides": lambda: flavour.predict(rows),
+        "sklearn + config_context, 1000 rides": fast_config(lambda: flavour.predict(rows)),
+        "project LoadedModel.predict, 1000 rides": lambda: project.predict(rows),
     }
     results: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
@@ -218,7 +233,10 @@ def handler_levers(model_dir: Path, rounds: int, calls: int, real_publish: bool)
     loader = ModelLoader(str(model_dir), main.DEFAULT_MODEL_NAME)
     loader.get()
     settings = main.Settings(model_uri=str(model_dir), project_id=os.environ["PROJECT_ID"])
-    services = {"no network": main.PredictionService(settings, loader, NullPublisher())}
+    services: dict[str, Any] = {
+        "no network": main.PredictionService(settings, loader, NullPublisher()),
+        f"no network{BEFORE}": contract_before.PredictionService(settings, loader, NullPublisher()),
+    }
     if real_publish:
         services["publish to the emulator"] = main.PredictionService(
             settings, loader, PubSubPublisher()
@@ -235,6 +253,115 @@ def handler_levers(model_dir: Path, rounds: int, calls: int, real_publish: bool)
             cpu, wall = per_call(lambda s=service: s.handle(batch), max(3, calls // 50))
             results.setdefault(f"1000 rides, {name}: CPU ms", []).append(cpu / 1000)
             results.setdefault(f"1000 rides, {name}: wall ms", []).append(wall / 1000)
+    return results
+
+
+def batch_end_to_end(
+    model_dir: Path, work_dir: Path, rounds: int, messages: int
+) -> dict[str, list[float]]:
+    """ms per 1,000-ride message from the POST to the 2xx, through functions-framework.
+
+    Each variant of ``END_TO_END_VARIANTS`` is served by the bench probe on this process's CPU
+    (the function's) and publishes to the emulator; the client POSTs from the other CPUs, one
+    message at a time, the variants taking turns within each round.
+    """
+    log_dir = work_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    servers = {
+        suffix: FunctionServer(
+            {"MODEL_URI": str(model_dir), "PUBLISH_STREAM": TOPIC, "BENCH_VARIANT": module},
+            log_dir,
+            source=PROBE,
+            log_name=f"levers-end-to-end-{module}.log",
+        )
+        for suffix, module in END_TO_END_VARIANTS.items()
+    }
+    path = f"/projects/{os.environ['PROJECT_ID']}/topics/taxi-ride-streaming"
+    bodies = [push_body(json.dumps(rides(1000, seed=20 + i)).encode()) for i in range(messages)]
+    results: dict[str, list[float]] = {}
+    failure: list[BaseException] = []
+
+    def client() -> None:
+        on_other_cpus()  # this thread only: the functions keep their CPU
+        try:
+            pushers = {suffix: Pusher(server.port, path) for suffix, server in servers.items()}
+            for pusher in pushers.values():
+                if not 200 <= pusher.post(bodies[0]) < 300:  # loads the model: untimed
+                    raise RuntimeError("a 1,000-ride warm-up message failed")
+            for _ in range(rounds):
+                for suffix, pusher in pushers.items():
+                    times = []
+                    for body in bodies:
+                        began = time.perf_counter()
+                        if not 200 <= pusher.post(body) < 300:
+                            raise RuntimeError(f"a 1,000-ride message failed{suffix}")
+                        times.append((time.perf_counter() - began) * 1000)
+                    key = f"1000 rides, end to end (functions-framework, emulator){suffix}: wall ms"
+                    results.setdefault(key, []).append(statistics.median(times))
+            for pusher in pushers.values():
+                pusher.close()
+        except BaseException as error:  # reported by the caller's thread
+            failure.append(error)
+
+    try:
+        for server in servers.values():
+            server.start()
+        thread = threading.Thread(target=client)
+        thread.start()
+        thread.join()
+    finally:
+        for server in servers.values():
+            server.stop()
+    if failure:
+        raise failure[0]
+    return results
+
+
+def contract_levers(rounds: int, calls: int) -> dict[str, list[float]]:
+    """CPU µs of the message contract's own work, msgspec against the code before issue 12."""
+    single = json.dumps(rides(1, seed=7)[0]).encode()
+    batch = json.dumps(rides(1000, seed=8)).encode()
+    name, version = main.DEFAULT_MODEL_NAME, "v" * 32
+    prefix = contract_before.model_constants(
+        contract_before.LoadedModel(name, version, "", "", lambda rows: rows)
+    )
+    dicts = [contract_before.build_prediction_message(name, version, i, 17.6) for i in range(1000)]
+
+    def before_decode(data: bytes) -> Any:
+        payload = contract_before.parse_payload(data, 1 << 20)
+        if isinstance(payload, list):
+            return [contract_before.validate_ride_event(event) for event in payload]
+        return contract_before.validate_ride_event(payload)
+
+    def before_encode() -> list[bytes]:
+        messages = [
+            contract_before.build_prediction_message(name, version, i, 17.6) for i in range(1000)
+        ]
+        return [
+            contract_before.encode_prediction(
+                prefix, m["prediction"]["ride_duration"], m["prediction"]["ride_id"]
+            )
+            for m in messages
+        ]
+
+    def after_encode() -> list[bytes]:
+        messages = [features.build_prediction_message(name, version, i, 17.6) for i in range(1000)]
+        return [features.encode_message(message) for message in messages]
+
+    cases: dict[str, Callable[[], Any]] = {
+        "decode + validate, 1 ride, before issue 12": lambda: before_decode(single),
+        "decode + validate, 1 ride, msgspec": lambda: features.decode_message(single, 1 << 20),
+        "decode + validate, 1000 rides, before issue 12": lambda: before_decode(batch),
+        "decode + validate, 1000 rides, msgspec": lambda: features.decode_message(batch, 1 << 20),
+        "build + encode 1000 outputs, before issue 12 (prefix)": before_encode,
+        "build + encode 1000 outputs, msgspec": after_encode,
+        "json.dumps of 1000 output dicts": lambda: [json.dumps(m).encode() for m in dicts],
+    }
+    results: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for case, fn in cases.items():
+            repeat = calls * 10 if "1 ride" in case else max(3, calls // 10)
+            results[case].append(per_call(fn, repeat)[0])
     return results
 
 
@@ -272,10 +399,14 @@ def main_(argv: Sequence[str] | None = None) -> int:
         "model_bytes": sizes,
         "predict_us": predict_levers(args.model_dir, args.tutorial_model_dir, args.rounds, calls),
         "log_line_us": log_line_levers(args.rounds, calls),
+        "contract_us": contract_levers(args.rounds, calls),
         "handler": handler_levers(args.model_dir, args.rounds, calls, real_publish),
     }
     if real_publish:
         results["publish_us"] = publish_levers(args.rounds, calls)
+        results["handler"] |= batch_end_to_end(
+            args.model_dir, args.work_dir, args.rounds, 3 if args.quick else 10
+        )
     args.out.write_text(json.dumps(results, indent=1))
     print(
         json.dumps({k: statistics.median(v) for k, v in results["handler"].items()}),

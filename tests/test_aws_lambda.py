@@ -147,9 +147,9 @@ def test_output_is_byte_for_byte_the_cloud_functions_message(
         (b"{not json", "not valid JSON"),
         (b"\xff\xfe", "not valid UTF-8"),
         ([SAMPLE_RIDE], "JSON array"),
-        ({"ride_id": 1}, "ride is missing"),
-        (ride(True), "ride_id must be an integer or a string"),
-        (ride(1, pu=0), "PULocationID must be between"),
+        ({"ride_id": 1}, "missing required field `ride`"),
+        (ride(True), "Expected `int | str`, got `bool` - at `$.ride_id`"),
+        (ride(1, pu=0), "Expected `int` >= 1 - at `$.ride.PULocationID`"),
         (b"NaN", "not a JSON number"),
     ],
     ids=["base64", "json", "utf8", "array", "no-ride", "bool-id", "zero-location", "nan"],
@@ -397,6 +397,26 @@ def test_oversized_dead_letter_data_is_truncated_and_flagged() -> None:
     assert envelope["dlq_data_truncated"] is True
     assert len(envelope["data"]) == lambda_function.MAX_DEAD_LETTER_DATA_CHARS
     assert output.size < 1024 * 1024
+
+
+def test_dead_letter_envelope_is_compact_json_like_the_predictions() -> None:
+    entry = kinesis_entry(b'{"ride_id": "caf\xc3\xa9"}', position=2)
+    (record,) = lambda_function.kinesis_records({"Records": [entry]})
+    error = lambda_function.InvalidRideError("Expected `int` >= 1 - at `$.ride.PULocationID`")
+
+    output = lambda_function.dead_letter_record(record, error)
+
+    envelope = json.loads(output.data)
+    assert list(envelope) == [
+        "data",
+        "dlq_reason",
+        "dlq_source_sequence_number",
+        "dlq_source_partition_key",
+        "dlq_source_event_source_arn",
+        "dlq_source_arrival_timestamp",
+        "dlq_data_truncated",
+    ]
+    assert output.data == json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def test_dead_letter_partition_key_falls_back_to_the_sequence_number() -> None:

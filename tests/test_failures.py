@@ -130,6 +130,17 @@ INVALID_MESSAGES: list[tuple[str, bytes | str]] = [
     ("Infinity token", b'{"ride": {"trip_distance": Infinity}, "ride_id": 1}'),
     ("-Infinity token", b'{"ride": {"trip_distance": -Infinity}, "ride_id": 1}'),
     ("10,000 levels of nesting", b"[" * 10_000 + b"]" * 10_000),
+    (
+        "33 levels of nesting in an ignored field",
+        ride_message(5)[:-1] + b', "x": ' + b"[" * 32 + b"]" * 32 + b"}",
+    ),
+    ("invalid UTF-8 in an ignored field", ride_message(5)[:-1] + b', "note": "caf\xe9"}'),
+    ("lone surrogate in an ignored field", ride_message(5)[:-1] + b', "note": "\\ud800"}'),
+    # Used to be predicted, then fail at publish and send the whole batch back, again and again.
+    (
+        "lone surrogate as a ride_id in a batch",
+        b"[" + ride_message(5) + b", " + ride_message("\udc00") + b"]",
+    ),
     ("integer of 5,000 digits", b'{"ride_id": ' + b"7" * 5000 + b"}"),
     ("a JSON number", b"42"),
     ("a JSON string", b'"ride"'),

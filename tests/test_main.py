@@ -177,22 +177,26 @@ INVALID_EVENT_DATA: list[tuple[str, Any, str]] = [
     ("bad base64", pubsub_event_data("not base64!!"), "base64"),
     ("bad UTF-8", pubsub_event_data(b"\xc3\x28"), "UTF-8"),
     ("bad JSON", pubsub_event_data(b"{ride"), "JSON"),
-    ("NaN", pubsub_event_data(b'{"ride": {"trip_distance": NaN}, "ride_id": 1}'), "NaN"),
-    ("a number", pubsub_event_data(b"42"), "object or array"),
-    ("missing field", pubsub_event_data({"ride_id": 1}), "ride is missing"),
+    (
+        "NaN",
+        pubsub_event_data(b'{"ride": {"trip_distance": NaN}, "ride_id": 1}'),
+        "NaN is not a JSON number",
+    ),
+    ("a number", pubsub_event_data(b"42"), "Expected `object | array`, got `int`"),
+    ("missing field", pubsub_event_data({"ride_id": 1}), "missing required field `ride`"),
     (
         "wrong type",
         pubsub_event_data(
             {"ride": {"PULocationID": "130", "DOLocationID": 205, "trip_distance": 1}, "ride_id": 1}
         ),
-        "PULocationID must be an integer",
+        "Expected `int`, got `str` - at `$.ride.PULocationID`",
     ),
     (
         "out of range",
         pubsub_event_data(
             {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": -1}, "ride_id": 1}
         ),
-        ">= 0",
+        "Expected `float` >= 0.0 - at `$.ride.trip_distance`",
     ),
     (
         "oversized",
@@ -236,7 +240,7 @@ def test_dead_letter_keeps_the_original_bytes_ids_and_attributes(
     assert dead_letter.data == original
     assert dead_letter.attributes == {
         "origin": "meter-3",
-        "dlq_reason": "ride.PULocationID must be between 1 and 2147483647",
+        "dlq_reason": "Expected `int` >= 1 - at `$.ride.PULocationID`",
         "dlq_source_message_id": "m-77",
         "dlq_source_publish_time": "2024-01-08T08:22:49.792Z",
         "dlq_source_subscription": f"projects/{PROJECT_ID}/subscriptions/taxi-ride-sub",
@@ -345,7 +349,10 @@ def test_batch_predicts_valid_rides_in_order_and_dead_letters_the_rest(
 
 @pytest.mark.parametrize(
     ("batch", "reason"),
-    [([], "empty array"), ([_ride_event(i) for i in range(1001)], "over the limit of 1000")],
+    [
+        ([], "Expected `array` of length >= 1"),
+        ([_ride_event(i) for i in range(1001)], "over the limit of 1000"),
+    ],
     ids=["empty", "over-limit"],
 )
 def test_empty_and_over_limit_batches_are_permanent_errors(
@@ -402,6 +409,17 @@ def test_a_full_batch_keeps_order_ids_and_indexes_and_predicts_like_the_pipeline
     assert recording_publisher.to(DEAD_LETTER_TOPIC) == []
 
 
+def fixed_model_service(
+    publisher: RecordingPublisher, name: str, version: str, *predictions: float
+) -> main.PredictionService:
+    """The service over a model that returns ``predictions`` (what a real model cannot)."""
+    model = LoadedModel(
+        name, version, "memory://fixed", "python_function", lambda rows: predictions[: len(rows)]
+    )
+    loader = ModelLoader("memory://fixed", name, load=lambda *_: model)
+    return make_service(loader, publisher, dead_letter_stream="ride-dead-letter")
+
+
 @pytest.mark.parametrize(
     ("name", "version", "ride_id"),
     [
@@ -411,12 +429,136 @@ def test_a_full_batch_keeps_order_ids_and_indexes_and_predicts_like_the_pipeline
         ("m", "7", "😀" * 3),
     ],
 )
-def test_encoded_predictions_are_exactly_json_dumps(name: str, version: str, ride_id: Any) -> None:
-    model = LoadedModel(name, version, "uri", "sklearn", lambda rows: [0.0] * len(rows))
+def test_output_bytes_are_compact_utf8_json_of_the_contract_message(
+    recording_publisher: RecordingPublisher, name: str, version: str, ride_id: Any
+) -> None:
+    service = fixed_model_service(recording_publisher, name, version, 17.6)
+
+    result = service.handle(pubsub_event_data(_ride_event(ride_id)))
+
     message = {
         "model": name,
         "version": version,
-        "prediction": {"ride_duration": -3, "ride_id": ride_id},
+        "prediction": {"ride_duration": 18, "ride_id": ride_id},
     }
-    encoded = main.encode_prediction(main.model_constants(model), -3, ride_id)
-    assert encoded == json.dumps(message).encode()
+    assert result == message
+    (published,) = recording_publisher.to(OUTPUT_TOPIC)
+    # docs/design.md, "Output": no spaces, non-ASCII text as UTF-8 rather than \u escapes.
+    assert published.data == json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_a_batch_elements_dead_letter_is_its_original_bytes(
+    service: main.PredictionService, recording_publisher: RecordingPublisher
+) -> None:
+    good = json.dumps(_ride_event(1)).encode()
+    bad = b'{ "ride_id" : "b",\n  "ride": {"PULocationID": 0.0, "note": "caf\\u00e9"} }'
+    data = b"[" + good + b",  " + bad + b" ]"
+
+    main.predict_duration(pubsub_cloud_event(data))
+
+    (dead_letter,) = recording_publisher.to(DEAD_LETTER_TOPIC)
+    assert dead_letter.data == bad
+    assert dead_letter.attributes["dlq_ride_index"] == "1"
+    assert (
+        dead_letter.attributes["dlq_reason"]
+        == "Expected `int`, got `float` - at `$.ride.PULocationID`"
+    )
+    assert len(recording_publisher.to(OUTPUT_TOPIC)) == 1
+
+
+def test_a_non_finite_prediction_in_a_batch_dead_letters_that_element_alone(
+    recording_publisher: RecordingPublisher,
+) -> None:
+    service = fixed_model_service(recording_publisher, "m", "v", 3.0, float("nan"), 5.0)
+    elements = [json.dumps(_ride_event(i)).encode() for i in range(3)]
+
+    results = service.handle(pubsub_event_data(b"[" + b", ".join(elements) + b"]"))
+
+    assert [r["prediction"] for r in results] == [
+        {"ride_duration": 3, "ride_id": 0},
+        {"ride_duration": 5, "ride_id": 2},
+    ]
+    (dead_letter,) = recording_publisher.to(DEAD_LETTER_TOPIC)
+    assert dead_letter.data == elements[1]
+    assert dead_letter.attributes["dlq_ride_index"] == "1"
+    assert dead_letter.attributes["dlq_reason"] == "the model predicted nan for this ride"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'[{"ride": {"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1}, "ride_id": 1},'
+        b' {"ride": {"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1},'
+        b' "ride_id": "\\ud800"}]',
+        b'{"ride": {"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1}, "ride_id": 7,'
+        b' "note": "\\udc00"}',
+    ],
+    ids=["batch-ride-id", "ignored-field"],
+)
+def test_a_lone_surrogate_is_a_permanent_error_with_a_clear_reason(
+    service: main.PredictionService, recording_publisher: RecordingPublisher, data: bytes
+) -> None:
+    # It used to be accepted, then fail at publish (a ride_id attribute must be valid UTF-8)
+    # and send the whole batch back for redelivery, forever.
+    assert main.predict_duration(pubsub_cloud_event(data)) is None
+
+    assert recording_publisher.to(OUTPUT_TOPIC) == []
+    (dead_letter,) = recording_publisher.to(DEAD_LETTER_TOPIC)
+    assert dead_letter.data == data
+    assert "lone UTF-16 surrogate" in dead_letter.attributes["dlq_reason"]
+
+
+def _outcome(service: Any, publisher: RecordingPublisher, data: bytes) -> tuple[Any, ...]:
+    """What handling ``data`` gives: the result, the predictions published, and the dead
+    letters (index in a batch, whether there is a reason, the data: decoded for an element)."""
+    publisher.published.clear()
+    result = service.handle(pubsub_event_data(data))
+    predictions = [json.loads(message.data) for message in publisher.to(OUTPUT_TOPIC)]
+    dead_letters = [
+        (
+            m.attributes.get("dlq_ride_index"),
+            bool(m.attributes["dlq_reason"]),
+            m.data if "dlq_ride_index" not in m.attributes else json.loads(m.data),
+        )
+        for m in publisher.to(DEAD_LETTER_TOPIC)
+    ]
+    return result, predictions, dead_letters
+
+
+def test_valid_and_invalid_messages_fare_as_they_did_before_the_typed_schemas(
+    shared_loader: ModelLoader, recording_publisher: RecordingPublisher
+) -> None:
+    from bench.variants import contract_before
+    from tests.test_failures import INVALID_MESSAGES
+    from tests.test_features import INVALID_PAYLOADS, INVALID_RIDE_EVENTS
+
+    settings = main.Settings(
+        model_uri=shared_loader.model_uri,
+        project_id=PROJECT_ID,
+        dead_letter_stream="ride-dead-letter",
+    )
+    before = contract_before.PredictionService(settings, shared_loader, recording_publisher)
+    after = main.PredictionService(settings, shared_loader, recording_publisher)
+    rides = [_ride_event(i, distance=i / 3) for i in range(40)]
+    for i, event in enumerate(rides):
+        event["ride"]["PULocationID"] = 1 + i * 7 % 263
+    messages = [json.dumps(event).encode() for event in rides]
+    messages.append(json.dumps(rides).encode())
+    invalid = [event for _, event, _ in INVALID_RIDE_EVENTS]
+    messages.append(
+        json.dumps([x for pair in zip(rides, invalid, strict=False) for x in pair]).encode()
+    )
+    messages += [json.dumps(event).encode() for event in invalid]
+    messages += [data for _, data, _ in INVALID_PAYLOADS]
+    # Changed on purpose (docs/design.md): a lone surrogate is now rejected; it used to be
+    # accepted, then fail at publish when it was a ride_id.
+    messages += [
+        data
+        for name, data in INVALID_MESSAGES
+        if isinstance(data, bytes) and "surrogate" not in name
+    ]
+
+    for data in messages:
+        old = _outcome(before, recording_publisher, data)
+        new = _outcome(after, recording_publisher, data)
+        assert new == old, data[:200]

@@ -1,0 +1,1 @@
+"""The message contract's published JSON Schemas (generated from ``features.py``)."""
