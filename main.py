@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from features import (
     parse_payload,
     validate_ride_event,
 )
-from model_loader import LoadedModel, ModelLoader
+from model_loader import LoadedModel, ModelLoader, bound_mlflow_http_requests
 from publisher import MessagePublisher, OutgoingMessage, PubSubPublisher, topic_path
 
 DEFAULT_MODEL_NAME = "ride_duration_prediction_model"
@@ -46,6 +47,8 @@ DEFAULT_MAX_BATCH_RIDES = 1000
 # predictions): 20 + 2 x 10 = 40 s, inside the 60 s function timeout (see docs/failures.md).
 DEFAULT_PUBLISH_TIMEOUT_SECONDS = 10.0
 DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS = 20.0
+# How often a warm instance re-resolves a models:/<name>@<alias> (or /latest) MODEL_URI.
+DEFAULT_MODEL_REFRESH_SECONDS = 60.0
 # Pub/Sub attribute values are limited to 1024 bytes.
 _MAX_ATTRIBUTE_CHARS = 1024
 
@@ -70,6 +73,7 @@ class Settings:
     max_batch_rides: int = DEFAULT_MAX_BATCH_RIDES
     publish_timeout_seconds: float = DEFAULT_PUBLISH_TIMEOUT_SECONDS
     model_load_timeout_seconds: float = DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
+    model_refresh_seconds: float = DEFAULT_MODEL_REFRESH_SECONDS
     log_level: str = "INFO"
     message_log_level: str = "INFO"
 
@@ -106,6 +110,19 @@ def _positive_number(environ: Mapping[str, str], name: str, default: float) -> f
     return value
 
 
+def _non_negative_number(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise MissingSettingError(f"{name} must be a number, got {raw!r}") from None
+    if not 0 <= value < float("inf"):
+        raise MissingSettingError(f"{name} must be 0 or more, got {raw!r}")
+    return value
+
+
 def _log_level(environ: Mapping[str, str], name: str) -> str:
     level = environ.get(name, "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -131,6 +148,9 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         ),
         model_load_timeout_seconds=_positive_number(
             environ, "MODEL_LOAD_TIMEOUT_SECONDS", DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
+        ),
+        model_refresh_seconds=_non_negative_number(
+            environ, "MODEL_REFRESH_SECONDS", DEFAULT_MODEL_REFRESH_SECONDS
         ),
         log_level=_log_level(environ, "LOG_LEVEL"),
         message_log_level=_log_level(environ, "MESSAGE_LOG_LEVEL"),
@@ -269,15 +289,16 @@ class PredictionService:
         self.model_loader = model_loader
         self.publisher = publisher
         self._message_log_level = logging.getLevelName(settings.message_log_level)
-        # The model the constants were computed for, and them; one tuple, so that concurrent
-        # requests read a consistent pair without a lock.
-        self._model_constants: tuple[LoadedModel, ModelConstants] | None = None
+        # The model the constants were computed for (weakly: a swapped-out model must be free to
+        # go), and them; one tuple, so that concurrent requests read a consistent pair without
+        # a lock.
+        self._model_constants: tuple[weakref.ref[LoadedModel], ModelConstants] | None = None
 
     def _constants_for(self, model: LoadedModel) -> ModelConstants:
         """``model_constants(model)``, computed once per loaded model, not once per message."""
         cached = self._model_constants
-        if cached is None or cached[0] is not model:
-            cached = (model, model_constants(model))
+        if cached is None or cached[0]() is not model:
+            cached = (weakref.ref(model), model_constants(model))
             self._model_constants = cached
         return cached[1]
 
@@ -500,6 +521,7 @@ _service_lock = threading.Lock()
 def build_service(settings: Settings) -> PredictionService:
     """Wire the real model loader and publisher for ``settings`` (nothing is loaded yet)."""
     logger.setLevel(settings.log_level)
+    bound_mlflow_http_requests(os.environ)
     return PredictionService(
         settings,
         ModelLoader(
@@ -507,6 +529,7 @@ def build_service(settings: Settings) -> PredictionService:
             settings.model_name,
             settings.model_version,
             load_timeout_seconds=settings.model_load_timeout_seconds,
+            refresh_seconds=settings.model_refresh_seconds,
         ),
         PubSubPublisher(timeout_seconds=settings.publish_timeout_seconds),
     )
