@@ -4,8 +4,10 @@ in the GCS emulator's bucket, on a free port."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Mapping
+from importlib.metadata import version
 from pathlib import Path
 
 from devstack.processes import LocalService, http_status
@@ -41,9 +43,24 @@ class MlflowServer(LocalService):
         """What ``MLFLOW_TRACKING_URI`` must hold."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> MlflowServer:
-        """Start the server on the SQLite file ``backend_db`` and wait until it answers."""
+    @property
+    def empty_db(self) -> Path:
+        """A copy of a freshly created registry, beside ``backend_db``: creating the tables
+        (about fifty migrations) takes seconds of every fresh start otherwise. One per MLflow
+        version, since the server refuses a database of another schema."""
+        return self.backend_db.with_name(f"empty-mlflow-{version('mlflow')}.db")
+
+    def start(self, fresh: bool = False) -> MlflowServer:
+        """Start the server on the SQLite file ``backend_db`` and wait until it answers;
+        ``fresh``: on an empty registry (whatever ``backend_db`` held is deleted)."""
         self.backend_db.parent.mkdir(parents=True, exist_ok=True)
+        make_empty_db = False
+        if fresh:
+            self.backend_db.unlink(missing_ok=True)
+            if self.empty_db.exists():
+                shutil.copyfile(self.empty_db, self.backend_db)
+            else:
+                make_empty_db = True
         self._launch(
             [
                 sys.executable,
@@ -69,4 +86,6 @@ class MlflowServer(LocalService):
             lambda: http_status(f"{self.url}/api/2.0/mlflow/registered-models/search") == 200,
             STARTUP_TIMEOUT_SECONDS,
         )
+        if make_empty_db:  # nothing has written to it yet but the server's own set-up
+            shutil.copyfile(self.backend_db, self.empty_db)
         return self

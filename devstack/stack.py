@@ -14,6 +14,7 @@ SQLite file): the two always agree, across ``make up``/``make down`` and reruns.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,11 +28,14 @@ from pathlib import Path
 from devstack.emulators import PubSubEmulator, StorageEmulator
 from devstack.function_server import REPO_ROOT, FunctionServer
 from devstack.mlflow_server import MlflowServer
-from devstack.processes import LocalService, ManagedProcess, group_members, stop_process_group
+from devstack.processes import ManagedProcess, group_members, stop_process_group
 from devstack.pubsub_admin import PubSubAdmin
 from devstack.storage import storage_client
 
 DEFAULT_WORK_DIR = REPO_ROOT / ".stack"
+# MLflow's usage telemetry: nothing to send from a local stack, and its flush at exit waits for
+# a network that is not there, which would hold every stop for seconds.
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 # Every process of a stack (and whatever it spawns) carries this variable, set to the stack's
 # work dir, so that leftovers can be found: see ``stack_processes``.
 STACK_TAG_VARIABLE = "DEVSTACK_WORK_DIR"
@@ -96,14 +100,15 @@ def trained_model(config: StackConfig, name: str = "model") -> Path:
 
     mlflow_dir = config.work_dir / "mlflow"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
-    logged = train_main(
-        [
-            f"--tracking-uri=sqlite:///{mlflow_dir / 'mlflow.db'}",
-            f"--artifact-location={mlflow_dir / 'artifacts'}",
-            "--experiment=local-stack",
-            *MODEL_TRAINING_ARGS[name],
-        ]
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the demo's output
+        logged = train_main(
+            [
+                f"--tracking-uri=sqlite:///{mlflow_dir / 'mlflow.db'}",
+                f"--artifact-location={mlflow_dir / 'artifacts'}",
+                "--experiment=local-stack",
+                *MODEL_TRAINING_ARGS[name],
+            ]
+        )
     shutil.copytree(logged.artifact_location, cached)
     return cached
 
@@ -161,7 +166,7 @@ class LocalStack:
             self.config.work_dir / "registry" / "mlflow.db",
             self.config.artifact_root,
             self.config.log_dir,
-            extra_env=tag,
+            extra_env={**tag, **NO_TELEMETRY},
         )
         self.function: FunctionServer | None = None
         self._admin: PubSubAdmin | None = None
@@ -197,16 +202,15 @@ class LocalStack:
         config.log_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         step("starting the Pub/Sub emulator, the GCS emulator and the MLflow tracking server")
-        # A fresh registry at every start: the GCS emulator's bucket starts empty too.
-        self.mlflow_server.backend_db.unlink(missing_ok=True)
-        services: list[LocalService] = [
-            self.pubsub_emulator,
-            self.storage_emulator,
-            self.mlflow_server,
-        ]
-        # Side by side: each spends most of its start-up importing, on its own core.
-        with ThreadPoolExecutor(len(services)) as pool:
-            for started_service in [pool.submit(service.start) for service in services]:
+        # Side by side: each spends most of its start-up importing, on its own core. A fresh
+        # registry at every start: the GCS emulator's bucket starts empty too.
+        with ThreadPoolExecutor(3) as pool:
+            starts = [
+                pool.submit(self.pubsub_emulator.start),
+                pool.submit(self.storage_emulator.start),
+                pool.submit(self.mlflow_server.start, fresh=True),
+            ]
+            for started_service in starts:
                 started_service.result()
         storage_client(self.storage_emulator.url, config.project_id).create_bucket(config.bucket)
 
@@ -227,6 +231,7 @@ class LocalStack:
                 "MODEL_URI": config.model_uri,
                 "MODEL_REFRESH_SECONDS": str(config.model_refresh_seconds),
                 "MLFLOW_TRACKING_URI": self.mlflow_server.url,
+                **NO_TELEMETRY,
                 "PROJECT_ID": config.project_id,
                 "PUBLISH_STREAM": config.output_topic,
                 "DEAD_LETTER_STREAM": config.dead_letter_topic,
@@ -261,6 +266,7 @@ class LocalStack:
         return {
             "MLFLOW_TRACKING_URI": self.mlflow_server.url,
             "STORAGE_EMULATOR_HOST": self.storage_emulator.url,
+            **NO_TELEMETRY,
         }
 
     def promote(
