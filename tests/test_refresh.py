@@ -483,3 +483,39 @@ def test_mlflow_http_calls_are_bounded_unless_the_deployment_says_otherwise() ->
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": MLFLOW_HTTP_BOUNDS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"],
     }
+
+
+def test_the_lambda_follows_the_alias_too() -> None:
+    """The Lambda shares model_loader: a batch after the period starts the refresh, is answered
+    by the current version, and a later batch by the new one; every record of a batch by one."""
+    import lambda_function
+    from lambda_settings import LambdaSettings
+    from tests.aws_events import InMemoryWriter, kinesis_event, ride
+
+    registry, store, clock = FakeRegistry("1"), FakeStore(), FakeClock()
+    loader = make_loader(registry, store, clock, refresh_seconds=60)
+    writer = InMemoryWriter()
+    settings = LambdaSettings(model_uri=ALIAS_URI, model_name="m")
+    service = lambda_function.KinesisPredictionService(settings, loader, writer)
+
+    def versions_written() -> list[str]:
+        return [body["version"] for body in writer.json_to(settings.predictions_stream_name)]
+
+    assert service.handle(kinesis_event(ride(1), ride(2))) == {"batchItemFailures": []}
+    registry.version = "2"
+    clock.advance(60)
+    service.handle(kinesis_event(ride(3), ride(4)))  # starts the refresh, answered by v1
+    wait_until(lambda: not loader.refreshing, "the refresh", SWAP_TIMEOUT_SECONDS)
+    service.handle(kinesis_event(ride(5), ride(6)))
+
+    assert versions_written() == ["1", "1", "1", "1", "2", "2"]
+
+
+def test_lambda_settings_read_model_refresh_seconds() -> None:
+    from lambda_settings import MissingSettingError, settings_from_env
+
+    base = {"MODEL_URI": ALIAS_URI}
+    assert settings_from_env(base).model_refresh_seconds == 60
+    assert settings_from_env(base | {"MODEL_REFRESH_SECONDS": "0"}).model_refresh_seconds == 0
+    with pytest.raises(MissingSettingError, match="MODEL_REFRESH_SECONDS"):
+        settings_from_env(base | {"MODEL_REFRESH_SECONDS": "-5"})
