@@ -185,6 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[RoundResult] = []
     bare: dict[str, list[float]] = {variant.name: [] for variant in variants}
     levers: dict[str, Any] = {}
+    swap: list[dict[str, Any]] = []
     try:
         step("starting the Pub/Sub and GCS emulators")
         pubsub.start()
@@ -265,6 +266,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if levers_process.wait() != 0:
                 raise RuntimeError(f"bench.levers failed ({levers_process.returncode})")
             levers = json.loads(levers_path.read_text())
+        if not args.skip_swap:
+            step("measuring a hot swap in process (bench.swap)")
+            swap_path = work_dir / "swap.json"
+            quick = ["--seconds=2", "--period=0.5", "--variants=default"] if args.quick else []
+            subprocess.run(
+                [sys.executable, "-m", "bench.swap", f"--work-dir={work_dir}",
+                 f"--out={swap_path}", f"--rides={args.rides}", f"--zones={args.zones}", *quick],
+                cwd=REPO_ROOT, check=True,
+            )  # fmt: skip
+            swap = json.loads(swap_path.read_text())
     finally:
         if admin is not None:
             admin.close()
@@ -286,6 +297,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bare_import_s": bare,
         "rounds": [asdict(result) for result in results],
         "levers": levers,
+        "swap": swap,
     }
 
 
@@ -299,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [variant.name for variant in VARIANTS]
     parser.add_argument("--variants", nargs="+", default=names, choices=names)
     parser.add_argument("--skip-levers", action="store_true")
+    parser.add_argument("--skip-swap", action="store_true", help="skip bench.swap")
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_RESULTS_DIR / "raw")
     parser.add_argument(

@@ -1,0 +1,229 @@
+"""``python -m bench.swap``: what a hot swap costs the requests served meanwhile (run by ``bench``).
+
+In one process, as on one Cloud Functions instance: ``--threads`` request threads call
+``main.PredictionService.handle`` (one ride per message, in-memory publisher: everything but the
+network) as fast as they can, while a ``ModelLoader`` following an alias swaps between two models
+of the bench's size (trained with the project's own command) every ``--period`` seconds. Each
+request's latency is recorded with the time it started; requests that overlap a refresh (from
+the resolution to the end of the collection that frees the old model) form the *swap* window,
+the rest the *steady* one. Reported per variant, on the same run:
+
+* throughput (messages/s) and p50/p99 latency in each window, and failed requests (must be 0);
+* ``default``: the loader as deployed; ``nice``: its refresh thread at nice 19 (Linux
+  ``setpriority`` on the thread), to see whether a lower priority spares the requests;
+  ``steps``: the load in smaller steps (the refresh thread yields the GIL between them), to see
+  whether breaking the load up helps.
+
+The whole process runs on the function's CPU (``harness.on_function_cpus``): one core, as the
+function's one vCPU, so the load competes with the requests as it does there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "swap.json"
+
+
+def train(work_dir: Path, rides: int, zones: int, seed: int) -> Path:
+    """A bench-size model directory, trained with ``training.train`` (cached in work_dir)."""
+    target = work_dir / f"swap-model-{seed}"
+    if (target / "MLmodel").exists():
+        return target
+    mlflow_dir = work_dir / f"swap-mlflow-{seed}"
+    output = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.train",
+            f"--rides={rides}",
+            f"--zones={zones}",
+            f"--seed={seed}",
+            f"--tracking-uri=sqlite:///{mlflow_dir / 'mlflow.db'}",
+            f"--artifact-location={mlflow_dir / 'artifacts'}",
+            "--experiment=bench-swap",
+        ],
+        check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    ).stdout
+    artifacts = next(line for line in output.splitlines() if line.startswith("artifacts:"))
+    shutil.copytree(artifacts.removeprefix("artifacts:").strip(), target)
+    return target
+
+
+def run_variant(
+    name: str, model_dirs: dict[str, Path], threads: int, seconds: float, period: float
+) -> dict[str, Any]:
+    """Serve requests on ``threads`` threads for ``seconds`` while the alias flips every
+    ``period``; return the windows' throughput and latency."""
+    import main
+    from model_loader import LoadedModel, ModelLoader, load_model
+
+    state = {"version": "1"}
+    refresh_windows: list[tuple[float, float]] = []
+
+    def load(uri: str, model_name: str, override: str | None) -> LoadedModel:
+        version = uri.rsplit("/", 1)[1]
+        if name == "nice":
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        if name == "steps":
+            time.sleep(0)  # give the GIL away before and after the heavy part
+        loaded = load_model(str(model_dirs[version]), model_name, None)
+        if name == "steps":
+            time.sleep(0)
+        return LoadedModel(loaded.name, version, uri, loaded.flavor, loaded.predict)
+
+    def resolve(uri: str) -> str:
+        return state["version"]
+
+    loader = ModelLoader(
+        "models:/bench@champion", "m", refresh_seconds=period, load=load, resolve=resolve
+    )
+    original_refresh = loader._refresh
+
+    def timed_refresh() -> None:
+        started = time.perf_counter()
+        original_refresh()
+        refresh_windows.append((started, time.perf_counter()))
+
+    loader._refresh = timed_refresh  # type: ignore[method-assign]
+    # The per-message log line at DEBUG, below the logger's level: not written, as in levers.
+    settings = main.Settings(
+        model_uri=loader.model_uri, project_id="bench", model_name="m", message_log_level="DEBUG"
+    )
+
+    class NullPublisher:
+        def publish(self, topic: str, messages: Any) -> list[str]:
+            return [""] * len(messages)
+
+    service = main.PredictionService(settings, loader, NullPublisher())
+    loader.get()
+    ride = {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 1}
+    event = {"message": {"data": base64.b64encode(json.dumps(ride).encode()).decode()}}
+    samples: list[tuple[float, float]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        local: list[tuple[float, float]] = []
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                service.handle(event, "bench")
+            except Exception as error:  # counted: a swap must fail no request
+                failures.append(repr(error))
+            local.append((started, time.perf_counter() - started))
+        samples.extend(local)
+
+    def flip() -> None:
+        while not stop.wait(period):
+            state["version"] = "2" if state["version"] == "1" else "1"
+
+    workers = [threading.Thread(target=serve) for _ in range(threads)]
+    flipper = threading.Thread(target=flip)
+    begin = time.perf_counter()
+    for worker in [*workers, flipper]:
+        worker.start()
+    stop.wait(seconds)
+    stop.set()
+    for worker in [*workers, flipper]:
+        worker.join()
+    end = time.perf_counter()
+    while loader.refreshing:  # let the last refresh end before the next variant
+        time.sleep(0.01)
+
+    def in_swap(started: float, latency: float) -> bool:
+        return any(s <= started + latency and started <= e for s, e in refresh_windows)
+
+    swap = [latency for started, latency in samples if in_swap(started, latency)]
+    steady = [latency for started, latency in samples if not in_swap(started, latency)]
+    swap_seconds = sum(min(e, end) - max(s, begin) for s, e in refresh_windows)
+    swaps = sum(1 for s, e in refresh_windows if e - s > 0.001)
+
+    def window(latencies: list[float], window_seconds: float) -> dict[str, float]:
+        ordered = sorted(latencies)
+        return {
+            "messages": len(ordered),
+            "msgs_per_s": round(len(ordered) / window_seconds, 1) if window_seconds else 0.0,
+            "p50_ms": round(statistics.median(ordered) * 1000, 3) if ordered else 0.0,
+            "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 3) if ordered else 0.0,
+            "max_ms": round(ordered[-1] * 1000, 3) if ordered else 0.0,
+        }
+
+    return {
+        "variant": name,
+        "refreshes": len(refresh_windows),
+        "swaps": swaps,
+        "swap_window_s": round(swap_seconds, 2),
+        "failed_requests": len(failures),
+        "steady": window(steady, end - begin - swap_seconds),
+        "swap": window(swap, swap_seconds),
+    }
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """The results as a table."""
+    lines = [
+        "| variant | window | msgs/s | p50 ms | p99 ms | max ms | messages | failed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        for window in ("steady", "swap"):
+            w = result[window]
+            lines.append(
+                f"| {result['variant']} | {window} | {w['msgs_per_s']} | {w['p50_ms']} | "
+                f"{w['p99_ms']} | {w['max_ms']} | {w['messages']} | "
+                f"{result['failed_requests'] if window == 'swap' else ''} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train (or reuse) the two models, run every variant, write the JSON and print a table."""
+    parser = argparse.ArgumentParser(prog="python -m bench.swap", description=__doc__)
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_OUT.parent / "raw")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--rides", type=int, default=200_000)
+    parser.add_argument("--zones", type=int, default=265)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--period", type=float, default=2.0)
+    parser.add_argument("--variants", nargs="+", default=["default", "nice", "steps"])
+    args = parser.parse_args(argv)
+    from bench.harness import on_function_cpus, on_other_cpus
+
+    on_other_cpus()
+    model_dirs = {
+        "1": train(args.work_dir, args.rides, args.zones, 42),
+        "2": train(args.work_dir, args.rides, args.zones, 7),
+    }
+    results = []
+    with on_function_cpus():
+        for variant in args.variants:
+            print(f"… swap bench: {variant}", file=sys.stderr, flush=True)
+            results.append(
+                run_variant(variant, model_dirs, args.threads, args.seconds, args.period)
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
