@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,8 +145,10 @@ def test_after_the_stack_stops_no_process_of_it_is_left(
 
 
 def test_demo_command_prints_ride_123_and_leaves_nothing(
-    test_model: ModelFixture, tmp_path: Path
+    test_model: ModelFixture, second_model: ModelFixture, tmp_path: Path
 ) -> None:
+    # The demo's version 2, as a previous run would have cached it (saves training it here).
+    shutil.copytree(second_model.path, tmp_path / "model-v2")
     result = subprocess.run(
         [sys.executable, "-m", "devstack", "demo", f"--work-dir={tmp_path}",
          f"--model-dir={test_model.path}"],
