@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[RoundResult] = []
     bare: dict[str, list[float]] = {variant.name: [] for variant in variants}
     levers: dict[str, Any] = {}
-    swap: list[dict[str, Any]] = []
+    swap: dict[str, Any] = {}
     try:
         step("starting the Pub/Sub and GCS emulators")
         pubsub.start()

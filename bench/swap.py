@@ -11,8 +11,9 @@ the rest the *steady* one. Reported per variant, on the same run:
 * throughput (messages/s) and p50/p99 latency in each window, and failed requests (must be 0);
 * ``default``: the loader as deployed; ``nice``: its refresh thread at nice 19 (Linux
   ``setpriority`` on the thread), to see whether a lower priority spares the requests;
-  ``steps``: the load in smaller steps (the refresh thread yields the GIL between them), to see
-  whether breaking the load up helps.
+* ``stages``: each stage of a swap timed alone (read and unpickle, the fast path's check, the
+  full collection that frees the old model), to see whether loading in smaller steps could
+  help: a stage that is one C call holds the GIL from start to end, whatever its priority.
 
 The whole process runs on the function's CPU (``harness.on_function_cpus``): one core, as the
 function's one vCPU, so the load competes with the requests as it does there.
@@ -79,13 +80,9 @@ def run_variant(
 
     def load(uri: str, model_name: str, override: str | None) -> LoadedModel:
         version = uri.rsplit("/", 1)[1]
-        if name == "nice":
+        if name == "nice":  # the refresh thread (which calls this) at the lowest priority
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        if name == "steps":
-            time.sleep(0)  # give the GIL away before and after the heavy part
         loaded = load_model(str(model_dirs[version]), model_name, None)
-        if name == "steps":
-            time.sleep(0)
         return LoadedModel(loaded.name, version, uri, loaded.flavor, loaded.predict)
 
     def resolve(uri: str) -> str:
@@ -176,6 +173,38 @@ def run_variant(
     }
 
 
+def stages(model_dirs: dict[str, Path], rounds: int = 3) -> dict[str, float]:
+    """Median ms of each stage of a swap, alone in this thread: each is one stretch that holds
+    the GIL (C code: the unpickling, the collection), except the fast-path check (Python)."""
+    import gc
+
+    from model_loader import _load_directly, load_model, sklearn_predictor
+
+    load_model(str(model_dirs["1"]), "m", None)
+    gc.freeze()
+    timings: dict[str, list[float]] = {"read_unpickle_ms": [], "check_ms": [], "collect_ms": []}
+    for round_index in range(rounds * 2):
+        path = str(model_dirs["2" if round_index % 2 == 0 else "1"])
+        started = time.perf_counter()
+        direct = _load_directly(path)
+        assert direct is not None
+        read = time.perf_counter()
+        predictor = sklearn_predictor(direct[1])
+        checked = time.perf_counter()
+        del direct, predictor
+        gc.unfreeze()
+        collecting = time.perf_counter()
+        gc.collect()
+        collected = time.perf_counter()
+        gc.freeze()
+        timings["read_unpickle_ms"].append((read - started) * 1000)
+        timings["check_ms"].append((checked - read) * 1000)
+        timings["collect_ms"].append((collected - collecting) * 1000)
+    return {name: round(statistics.median(values), 1) for name, values in timings.items()} | {
+        "frozen_objects": gc.get_freeze_count()
+    }
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     """The results as a table."""
     lines = [
@@ -203,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--period", type=float, default=2.0)
-    parser.add_argument("--variants", nargs="+", default=["default", "nice", "steps"])
+    parser.add_argument("--variants", nargs="+", default=["default", "nice"] * 2)
     args = parser.parse_args(argv)
     from bench.harness import on_function_cpus, on_other_cpus
 
@@ -219,9 +248,11 @@ def main(argv: list[str] | None = None) -> int:
             results.append(
                 run_variant(variant, model_dirs, args.threads, args.seconds, args.period)
             )
+        stage_ms = stages(model_dirs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    args.out.write_text(json.dumps({"variants": results, "stages": stage_ms}, indent=1))
     print(markdown(results))
+    print(f"\nstages of one swap, alone (median ms): {stage_ms}")
     return 0
 
 

@@ -430,8 +430,11 @@ def test_every_ride_of_a_batch_is_predicted_and_labelled_by_one_version_across_s
             assert isinstance(out, list)
             results.append(out)
             sent += 1
+            # Pacing, so that the busy senders leave the refresh thread some of the GIL.
+            stop.wait(0.001)
 
-    workers = [threading.Thread(target=send, args=(worker,)) for worker in range(4)]
+    loader.get()  # loaded before the first period starts, so that it is the test's to end
+    workers = [threading.Thread(target=send, args=(worker,)) for worker in range(3)]
     for worker in workers:
         worker.start()
     try:
