@@ -522,3 +522,42 @@ def test_lambda_settings_read_model_refresh_seconds() -> None:
     assert settings_from_env(base | {"MODEL_REFRESH_SECONDS": "0"}).model_refresh_seconds == 0
     with pytest.raises(MissingSettingError, match="MODEL_REFRESH_SECONDS"):
         settings_from_env(base | {"MODEL_REFRESH_SECONDS": "-5"})
+
+
+def test_a_model_still_in_use_at_the_swap_is_freed_once_the_request_is_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import model_loader
+
+    registry, clock = FakeRegistry("1"), FakeClock()
+    payloads: dict[str, weakref.ref[Payload]] = {}
+
+    def load(uri: str, name: str, override: str | None) -> LoadedModel:
+        payload = Payload()
+        version = uri.rsplit("/", 1)[1]
+        payloads[version] = weakref.ref(payload)
+        return LoadedModel(name, version, uri, "test", lambda rows, payload=payload: [1.0])
+
+    loader = ModelLoader(
+        ALIAS_URI, "m", refresh_seconds=1, load=load, resolve=registry.resolve, clock=clock
+    )
+    in_flight = loader.get()  # a request still predicting with version 1
+    in_flight_ref = weakref.ref(in_flight)
+    collections: list[bool] = []  # at each collection: was version 1 still in use?
+    refreeze = model_loader._refreeze_after_swap
+
+    def observed_refreeze() -> None:
+        collections.append(in_flight_ref() is not None)
+        refreeze()
+
+    monkeypatch.setattr(model_loader, "_refreeze_after_swap", observed_refreeze)
+    registry.version = "2"
+    clock.advance(1)
+    loader.get()
+    wait_until(lambda: loader.get().version == "2", "the swap", SWAP_TIMEOUT_SECONDS)
+
+    del in_flight  # the request is done
+    wait_until(lambda: not loader.refreshing, "the collection", SWAP_TIMEOUT_SECONDS)
+
+    assert collections == [False]  # the collection waited for the request to let go
+    assert payloads["1"]() is None
