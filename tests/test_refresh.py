@@ -561,3 +561,41 @@ def test_a_model_still_in_use_at_the_swap_is_freed_once_the_request_is_done(
 
     assert collections == [False]  # the collection waited for the request to let go
     assert payloads["1"]() is None
+
+
+def test_a_swap_in_the_middle_of_a_batch_changes_neither_its_values_nor_its_labels(
+    recording_publisher: RecordingPublisher,
+) -> None:
+    """The swap lands while version 1 predicts a batch: every ride of it is labelled 1."""
+    registry, clock = FakeRegistry("1"), FakeClock()
+    loader: ModelLoader
+
+    def predict_while_the_alias_moves(rows: Sequence[dict[str, Any]]) -> list[float]:
+        registry.version = "2"
+        clock.advance(1)
+        loader.get()  # starts the refresh
+        wait_until(lambda: loader.loaded.version == "2", "the swap", SWAP_TIMEOUT_SECONDS)
+        return [1.0] * len(rows)
+
+    models = {
+        "1": LoadedModel("m", "1", ALIAS_URI, "test", predict_while_the_alias_moves),
+        "2": constant_model("2"),
+    }
+    loader = ModelLoader(
+        ALIAS_URI,
+        "m",
+        refresh_seconds=1,
+        load=lambda uri, name, override: models[uri.rsplit("/", 1)[1]],
+        resolve=registry.resolve,
+        clock=clock,
+    )
+    settings = main.Settings(model_uri=ALIAS_URI, project_id="p", model_name="m")
+    service = main.PredictionService(settings, loader, recording_publisher)
+
+    out = service.handle(pubsub_event_data(ride_batch(5, 1)))
+
+    assert isinstance(out, list)
+    assert [(m["version"], m["prediction"]["ride_duration"]) for m in out] == [("1", 1)] * 5
+    published = recording_publisher.published
+    assert [message.attributes["model_version"] for _, message in published] == ["1"] * 5
+    assert loader.get().version == "2"
