@@ -97,7 +97,10 @@ def _required(environ: Mapping[str, str], *names: str) -> str:
     raise MissingSettingError(f"set {' or '.join(names)}")
 
 
-def _positive_number(environ: Mapping[str, str], name: str, default: float) -> float:
+def _number(
+    environ: Mapping[str, str], name: str, default: float, zero_allowed: bool = False
+) -> float:
+    """A number > 0 (or >= 0 when ``zero_allowed``) from ``environ[name]``."""
     raw = environ.get(name)
     if not raw:
         return default
@@ -105,21 +108,10 @@ def _positive_number(environ: Mapping[str, str], name: str, default: float) -> f
         value = float(raw)
     except ValueError:
         raise MissingSettingError(f"{name} must be a number, got {raw!r}") from None
-    if not value > 0:
-        raise MissingSettingError(f"{name} must be positive, got {raw!r}")
-    return value
-
-
-def _non_negative_number(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise MissingSettingError(f"{name} must be a number, got {raw!r}") from None
-    if not 0 <= value < float("inf"):
-        raise MissingSettingError(f"{name} must be 0 or more, got {raw!r}")
+    if not (value >= 0 if zero_allowed else value > 0):
+        raise MissingSettingError(
+            f"{name} must be {'0 or more' if zero_allowed else 'positive'}, got {raw!r}"
+        )
     return value
 
 
@@ -139,18 +131,16 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         dead_letter_stream=environ.get("DEAD_LETTER_STREAM") or None,
         model_name=environ.get("MODEL_NAME") or DEFAULT_MODEL_NAME,
         model_version=environ.get("MODEL_VERSION") or None,
-        max_message_bytes=int(
-            _positive_number(environ, "MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)
-        ),
-        max_batch_rides=int(_positive_number(environ, "MAX_BATCH_RIDES", DEFAULT_MAX_BATCH_RIDES)),
-        publish_timeout_seconds=_positive_number(
+        max_message_bytes=int(_number(environ, "MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
+        max_batch_rides=int(_number(environ, "MAX_BATCH_RIDES", DEFAULT_MAX_BATCH_RIDES)),
+        publish_timeout_seconds=_number(
             environ, "PUBLISH_TIMEOUT_SECONDS", DEFAULT_PUBLISH_TIMEOUT_SECONDS
         ),
-        model_load_timeout_seconds=_positive_number(
+        model_load_timeout_seconds=_number(
             environ, "MODEL_LOAD_TIMEOUT_SECONDS", DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
         ),
-        model_refresh_seconds=_non_negative_number(
-            environ, "MODEL_REFRESH_SECONDS", DEFAULT_MODEL_REFRESH_SECONDS
+        model_refresh_seconds=_number(
+            environ, "MODEL_REFRESH_SECONDS", DEFAULT_MODEL_REFRESH_SECONDS, zero_allowed=True
         ),
         log_level=_log_level(environ, "LOG_LEVEL"),
         message_log_level=_log_level(environ, "MESSAGE_LOG_LEVEL"),

@@ -104,7 +104,7 @@ def step(message: str) -> None:
     print(f"… {message}", file=sys.stderr, flush=True)
 
 
-def train_model(work_dir: Path, rides: int, zones: int) -> Path:
+def train_model(work_dir: Path, rides: int, zones: int, seed: int = 42) -> Path:
     """Train with the project's own command (its defaults, e.g. the format); return the dir."""
     mlflow_dir = work_dir / "mlflow"
     shutil.rmtree(mlflow_dir, ignore_errors=True)
@@ -116,6 +116,7 @@ def train_model(work_dir: Path, rides: int, zones: int) -> Path:
             "training.train",
             f"--rides={rides}",
             f"--zones={zones}",
+            f"--seed={seed}",
             f"--tracking-uri=sqlite:///{mlflow_dir / 'mlflow.db'}",
             f"--artifact-location={mlflow_dir / 'artifacts'}",
             "--experiment=bench",

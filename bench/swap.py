@@ -27,43 +27,22 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "swap.json"
 
 
 def train(work_dir: Path, rides: int, zones: int, seed: int) -> Path:
-    """A bench-size model directory, trained with ``training.train`` (cached in work_dir)."""
+    """A bench-size model directory, trained by the bench's own step (cached in work_dir)."""
+    from bench.__main__ import train_model
+
     target = work_dir / f"swap-model-{seed}"
-    if (target / "MLmodel").exists():
-        return target
-    mlflow_dir = work_dir / f"swap-mlflow-{seed}"
-    output = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training.train",
-            f"--rides={rides}",
-            f"--zones={zones}",
-            f"--seed={seed}",
-            f"--tracking-uri=sqlite:///{mlflow_dir / 'mlflow.db'}",
-            f"--artifact-location={mlflow_dir / 'artifacts'}",
-            "--experiment=bench-swap",
-        ],
-        check=True,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    ).stdout
-    artifacts = next(line for line in output.splitlines() if line.startswith("artifacts:"))
-    shutil.copytree(artifacts.removeprefix("artifacts:").strip(), target)
+    if not (target / "MLmodel").exists():
+        shutil.copytree(train_model(work_dir / f"swap-train-{seed}", rides, zones, seed), target)
     return target
 
 

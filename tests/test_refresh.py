@@ -467,7 +467,7 @@ def test_settings_read_model_refresh_seconds() -> None:
     assert main.settings_from_env(base | {"MODEL_REFRESH_SECONDS": "0"}).model_refresh_seconds == 0
     refresh = main.settings_from_env(base | {"MODEL_REFRESH_SECONDS": "0.2"}).model_refresh_seconds
     assert refresh == 0.2
-    for bad in ("-1", "soon", "inf"):
+    for bad in ("-1", "soon", "nan"):
         with pytest.raises(main.MissingSettingError, match="MODEL_REFRESH_SECONDS"):
             main.settings_from_env(base | {"MODEL_REFRESH_SECONDS": bad})
 
