@@ -363,13 +363,13 @@ def load_model(model_uri: str, model_name: str, version_override: str | None) ->
     return loaded
 
 
+# Longest a refresh waits, after a swap, for the requests still using the old model to finish
+# before the collection that frees it: more than a request may take (the function's timeout).
+_RELEASE_WAIT_SECONDS = 120.0
 # What MLflow's HTTP client does by default on a failed call to the tracking server: 7 retries
 # with exponential backoff (factor 2, so sleeps of up to a minute each) and 120 s per request,
 # minutes in all. A refresh stuck that long would also delay the one after the server comes back,
 # so these bounds apply unless the deployment sets MLflow's own variables (docs/models.md).
-# Longest a refresh waits, after a swap, for the requests still using the old model to finish
-# before the collection that frees it: more than a request may take (the function's timeout).
-_RELEASE_WAIT_SECONDS = 120.0
 MLFLOW_HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
