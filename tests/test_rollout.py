@@ -206,9 +206,9 @@ def test_alias_moves_v1_v2_v1_while_rides_flow(
     since = log_length(rollout_stack)
     with RideStream(rollout_stack, distinguishing_rides(models, 50)) as stream:
         wait_for_version(stream, "1")
-        move_alias(rollout_stack, "2")
+        assert rollout_stack.promote(version="2") == ("1", "2")  # python -m training.promote
         wait_for_version(stream, "2")
-        move_alias(rollout_stack, "1")
+        assert rollout_stack.promote(version="1") == ("2", "1")
         wait_for_version(stream, "1")
         stream.stop_and_collect()
 
