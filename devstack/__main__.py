@@ -81,6 +81,9 @@ def _promotion(stack: LocalStack, rides: list[dict[str, Any]]) -> tuple[list[Any
         predictions += [json.loads(message.data) for message in received]
         if predictions and predictions[-1]["version"] == new:
             break
+    during = [f"{p['prediction']['ride_id']} by version {p['version']}" for p in predictions]
+    shown = ", ".join(during if len(during) <= 8 else [*during[:3], "…", *during[-4:]])
+    print(f"Rides published one at a time during the switch: {shown}")
     step(f"publishing the same {len(rides)} rides again")
     for ride in rides:
         ride_event = {**ride, "ride_id": f"v{new}-{ride['ride_id']}"}
@@ -131,7 +134,8 @@ def demo(config: StackConfig) -> int:
         all_predictions += [json.loads(message.data) for message in extra]
         counts = Counter(p["version"] for p in all_predictions)
         unique_rides = len({p["prediction"]["ride_id"] for p in all_predictions})
-        print(f"\nRides predicted by each version: {dict(sorted(counts.items()))}")
+        per_version = ", ".join(f"version {v}: {n}" for v, n in sorted(counts.items()))
+        print(f"\nRides predicted by each version: {per_version}")
         published += len(rides)
         print(
             f"{unique_rides}/{published} rides predicted, "
