@@ -275,7 +275,7 @@ class LocalStack:
         """Move the alias to ``version``, or to a new version registered from ``model_dir``,
         with ``python -m training.promote``; return the (old, new) versions it printed."""
         option = f"--version={version}" if version is not None else f"--model-dir={model_dir}"
-        output = subprocess.run(
+        result = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -292,10 +292,13 @@ class LocalStack:
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
-            check=True,
-        ).stdout
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"training.promote {option} failed:\n{result.stderr[-2000:]}")
         printed = dict(
-            line.split("=", 1) for line in output.splitlines() if line.startswith(("old_", "new_"))
+            line.split("=", 1)
+            for line in result.stdout.splitlines()
+            if line.startswith(("old_", "new_"))
         )
         return printed["old_version"] or None, printed["new_version"]
 
