@@ -37,7 +37,7 @@ from features import (
     encode_message,
     ride_features,
 )
-from model_loader import LoadedModel, ModelLoader
+from model_loader import LoadedModel, ModelLoader, bound_mlflow_http_requests
 from publisher import MessagePublisher, OutgoingMessage, PubSubPublisher, topic_path
 
 DEFAULT_MODEL_NAME = "ride_duration_prediction_model"
@@ -50,6 +50,8 @@ DEFAULT_MAX_BATCH_RIDES = 1000
 # predictions): 20 + 2 x 10 = 40 s, inside the 60 s function timeout (see docs/failures.md).
 DEFAULT_PUBLISH_TIMEOUT_SECONDS = 10.0
 DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS = 20.0
+# How often a warm instance re-resolves a models:/<name>@<alias> (or /latest) MODEL_URI.
+DEFAULT_MODEL_REFRESH_SECONDS = 60.0
 # Pub/Sub attribute values are limited to 1024 bytes.
 _MAX_ATTRIBUTE_CHARS = 1024
 
@@ -74,6 +76,7 @@ class Settings:
     max_batch_rides: int = DEFAULT_MAX_BATCH_RIDES
     publish_timeout_seconds: float = DEFAULT_PUBLISH_TIMEOUT_SECONDS
     model_load_timeout_seconds: float = DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
+    model_refresh_seconds: float = DEFAULT_MODEL_REFRESH_SECONDS
     log_level: str = "INFO"
     message_log_level: str = "INFO"
 
@@ -97,7 +100,10 @@ def _required(environ: Mapping[str, str], *names: str) -> str:
     raise MissingSettingError(f"set {' or '.join(names)}")
 
 
-def _positive_number(environ: Mapping[str, str], name: str, default: float) -> float:
+def _number(
+    environ: Mapping[str, str], name: str, default: float, zero_allowed: bool = False
+) -> float:
+    """A number > 0 (or >= 0 when ``zero_allowed``) from ``environ[name]``."""
     raw = environ.get(name)
     if not raw:
         return default
@@ -105,8 +111,10 @@ def _positive_number(environ: Mapping[str, str], name: str, default: float) -> f
         value = float(raw)
     except ValueError:
         raise MissingSettingError(f"{name} must be a number, got {raw!r}") from None
-    if not value > 0:
-        raise MissingSettingError(f"{name} must be positive, got {raw!r}")
+    if not (value >= 0 if zero_allowed else value > 0):
+        raise MissingSettingError(
+            f"{name} must be {'0 or more' if zero_allowed else 'positive'}, got {raw!r}"
+        )
     return value
 
 
@@ -126,15 +134,16 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         dead_letter_stream=environ.get("DEAD_LETTER_STREAM") or None,
         model_name=environ.get("MODEL_NAME") or DEFAULT_MODEL_NAME,
         model_version=environ.get("MODEL_VERSION") or None,
-        max_message_bytes=int(
-            _positive_number(environ, "MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)
-        ),
-        max_batch_rides=int(_positive_number(environ, "MAX_BATCH_RIDES", DEFAULT_MAX_BATCH_RIDES)),
-        publish_timeout_seconds=_positive_number(
+        max_message_bytes=int(_number(environ, "MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
+        max_batch_rides=int(_number(environ, "MAX_BATCH_RIDES", DEFAULT_MAX_BATCH_RIDES)),
+        publish_timeout_seconds=_number(
             environ, "PUBLISH_TIMEOUT_SECONDS", DEFAULT_PUBLISH_TIMEOUT_SECONDS
         ),
-        model_load_timeout_seconds=_positive_number(
+        model_load_timeout_seconds=_number(
             environ, "MODEL_LOAD_TIMEOUT_SECONDS", DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
+        ),
+        model_refresh_seconds=_number(
+            environ, "MODEL_REFRESH_SECONDS", DEFAULT_MODEL_REFRESH_SECONDS, zero_allowed=True
         ),
         log_level=_log_level(environ, "LOG_LEVEL"),
         message_log_level=_log_level(environ, "MESSAGE_LOG_LEVEL"),
@@ -449,6 +458,7 @@ _service_lock = threading.Lock()
 def build_service(settings: Settings) -> PredictionService:
     """Wire the real model loader and publisher for ``settings`` (nothing is loaded yet)."""
     logger.setLevel(settings.log_level)
+    bound_mlflow_http_requests(os.environ)
     return PredictionService(
         settings,
         ModelLoader(
@@ -456,6 +466,7 @@ def build_service(settings: Settings) -> PredictionService:
             settings.model_name,
             settings.model_version,
             load_timeout_seconds=settings.model_load_timeout_seconds,
+            refresh_seconds=settings.model_refresh_seconds,
         ),
         PubSubPublisher(timeout_seconds=settings.publish_timeout_seconds),
     )

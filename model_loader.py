@@ -1,10 +1,17 @@
-"""Load an MLflow model lazily, once per process, and say which version it is.
+"""Load an MLflow model lazily, once per process, say which version it is, and follow an alias.
 
 ``ModelLoader.get()`` is what the function calls on every request: the first call starts the
 download and load in a background thread, concurrent callers wait for that same load (one load,
 however many requests arrive cold), and every caller waits at most ``load_timeout_seconds`` so a
 slow or unreachable model store can never hold a request past the function's timeout. A failed
 load is forgotten, so the next request tries again.
+
+When ``MODEL_URI`` names a model that moves (``models:/<name>@<alias>``, ``models:/<name>/latest``
+or a stage), a warm loader re-resolves it every ``refresh_seconds``: the first ``get()`` after
+the period starts the check in a background thread and returns the current model at once. A
+new version is loaded beside the current one and swapped in with one assignment, so each call
+of ``get()`` hands out exactly one model; a failed refresh logs one ERROR and leaves the current
+model serving until the next period (see docs/models.md, "Rolling out a new model").
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, MutableMapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
@@ -45,6 +53,27 @@ class LoadedModel:
     source_uri: str
     flavor: str
     predict: Predictor
+
+
+def is_movable(model_uri: str) -> bool:
+    """Whether ``model_uri`` is a registry URI whose version can change under it: an alias,
+    ``latest`` or a stage (``models:/<name>/<number>`` and every other URI name a fixed model)."""
+    match = _REGISTERED_URI.match(model_uri)
+    if match is None:
+        return False
+    return match["alias"] is not None or not match["ref"].isdigit()
+
+
+def pinned_uri(model_uri: str, version: str) -> str:
+    """``models:/<name>@<alias>[/sub]`` (or ``/latest``, a stage) as ``models:/<name>/<N>[/sub]``.
+
+    Loading the pinned URI makes the version that labels the model the one that was downloaded:
+    the alias is read once, not once by MLflow's download and again for the label.
+    """
+    match = _REGISTERED_URI.match(model_uri)
+    if match is None:
+        raise ValueError(f"{model_uri} is not a models:/ registry URI")
+    return f"models:/{match['name']}/{version}{model_uri[match.end() :]}"
 
 
 def registered_model_version(model_uri: str) -> str | None:
@@ -294,8 +323,17 @@ def _load_with_mlflow(model_uri: str) -> tuple[str | None, str | None, str, Pred
 
 
 def load_model(model_uri: str, model_name: str, version_override: str | None) -> LoadedModel:
-    """Load ``model_uri``: directly when ``_load_directly`` can, else through MLflow."""
+    """Load ``model_uri``: directly when ``_load_directly`` can, else through MLflow.
+
+    A URI that moves (an alias, ``latest``, a stage) is resolved once, to the version it names
+    now, and that version is loaded: the label always names the model that was loaded.
+    """
     started = time.perf_counter()
+    if is_movable(model_uri):
+        version = registered_model_version(model_uri)
+        if version is None:
+            raise ModelLoadError(f"{model_uri} names no registered model version")
+        model_uri = pinned_uri(model_uri, version)
     direct = _load_directly(model_uri)
     if direct is not None:
         mlmodel, sklearn_model = direct
@@ -303,11 +341,6 @@ def load_model(model_uri: str, model_name: str, version_override: str | None) ->
         flavor, predict = "sklearn", sklearn_predictor(sklearn_model)
     else:
         run_id, model_uuid, flavor, predict = _load_with_mlflow(model_uri)
-    # The model and the libraries just imported stay for the life of the instance: move them
-    # out of the garbage collector's sight. Its full collections otherwise walk them all (about
-    # 140,000 objects) and stall a request for tens of milliseconds (see docs/speed.md).
-    # No gc.collect() first: it would cost ~90 ms of the cold start to free a few objects.
-    gc.freeze()
     loaded = LoadedModel(
         name=model_name,
         version=derive_version(model_uri, run_id, model_uuid, version_override),
@@ -330,8 +363,39 @@ def load_model(model_uri: str, model_name: str, version_override: str | None) ->
     return loaded
 
 
+# Longest a refresh waits, after a swap, for the requests still using the old model to finish
+# before the collection that frees it: more than a request may take (the function's timeout).
+_RELEASE_WAIT_SECONDS = 120.0
+# What MLflow's HTTP client does by default on a failed call to the tracking server: 7 retries
+# with exponential backoff (factor 2, so sleeps of up to a minute each) and 120 s per request,
+# minutes in all. A refresh stuck that long would also delay the one after the server comes back,
+# so these bounds apply unless the deployment sets MLflow's own variables (docs/models.md).
+MLFLOW_HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def bound_mlflow_http_requests(environ: MutableMapping[str, str]) -> None:
+    """Set ``MLFLOW_HTTP_BOUNDS`` in ``environ`` (the process's environment, where MLflow reads
+    them on every request) for each variable the deployment left unset."""
+    for name, value in MLFLOW_HTTP_BOUNDS.items():
+        environ.setdefault(name, value)
+
+
+def _refreeze_after_swap() -> None:
+    """Free what the swapped-out model leaves behind, then freeze again.
+
+    ``gc.freeze()`` hides every object from the cyclic collector, so a swapped-out model with
+    reference cycles would never be freed. Unfreezing puts all frozen objects back in the
+    oldest generation; one full collection frees the garbage among them, including an older
+    model that a request still held at the previous swap; what survives is frozen again.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class ModelLoader:
-    """Holds one model per process: loaded on first use, shared by all threads."""
+    """Holds one model per process: loaded on first use, shared by all threads, and replaced
+    in the background when a moving ``models:/`` URI names a new version."""
 
     def __init__(
         self,
@@ -339,26 +403,56 @@ class ModelLoader:
         model_name: str,
         version_override: str | None = None,
         load_timeout_seconds: float = 30.0,
+        refresh_seconds: float = 0.0,
         load: Callable[[str, str, str | None], LoadedModel] = load_model,
+        resolve: Callable[[str], str | None] = registered_model_version,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model_uri = model_uri
         self.model_name = model_name
         self.version_override = version_override
         self.load_timeout_seconds = load_timeout_seconds
+        # A fixed label on a model that changes would lie: MODEL_VERSION turns refresh off.
+        self.refresh_seconds = (
+            refresh_seconds if is_movable(model_uri) and version_override is None else 0.0
+        )
         self._load = load
+        self._resolve = resolve
+        self._clock = clock
         self._lock = threading.Lock()
         self._model: LoadedModel | None = None
         self._pending: Future[LoadedModel] | None = None
+        # When the next refresh is due (clock time); None while there is no model, or no refresh.
+        self._refresh_due: float | None = None
+        self._refreshing = False
 
     @property
     def loaded(self) -> LoadedModel | None:
         """The model if it is in memory, without triggering a load."""
         return self._model
 
+    @property
+    def refreshing(self) -> bool:
+        """Whether a background refresh is under way."""
+        return self._refreshing
+
+    @property
+    def refreshes(self) -> bool:
+        """Whether this loader follows its URI to new versions."""
+        return self.refresh_seconds > 0
+
     def get(self) -> LoadedModel:
-        """Return the model, loading it on first use; raise ``ModelLoadError`` if not ready."""
+        """Return the model, loading it on first use; raise ``ModelLoadError`` if not ready.
+
+        Once a refresh is due, the call starts it in the background and returns the current
+        model without waiting: under Cloud Run's request-based billing the CPU is throttled
+        between requests, so a request is what gets a refresh going on an idle instance.
+        """
         model = self._model
         if model is not None:
+            due = self._refresh_due
+            if due is not None and self._clock() >= due:
+                self._start_refresh()
             return model
         with self._lock:
             if self._model is not None:
@@ -376,9 +470,19 @@ class ModelLoader:
                 f"model {self.model_uri} is still loading after {self.load_timeout_seconds}s"
             ) from None
 
+    def _resolved(self) -> tuple[str, str | None]:
+        """(the URI to load now, its registry version): a moving registry URI is resolved
+        once, to the version it names now; any other URI is loaded as it is."""
+        if not is_movable(self.model_uri):
+            return self.model_uri, None
+        version = self._resolve(self.model_uri)
+        if version is None:
+            raise ModelLoadError(f"{self.model_uri} names no registered model version")
+        return pinned_uri(self.model_uri, version), version
+
     def _load_into(self, pending: Future[LoadedModel]) -> None:
         try:
-            model = self._load(self.model_uri, self.model_name, self.version_override)
+            model = self._load(self._resolved()[0], self.model_name, self.version_override)
         except Exception as error:  # any failure is transient here: retried on next request
             logger.error(
                 "model load failed",
@@ -390,7 +494,82 @@ class ModelLoader:
             failure.__cause__ = error
             pending.set_exception(failure)
             return
+        # The model and the libraries just imported stay for the life of the instance: move
+        # them out of the garbage collector's sight. Its full collections otherwise walk them
+        # all (about 140,000 objects) and stall a request for tens of milliseconds (see
+        # docs/speed.md). No gc.collect() first: it would cost ~90 ms of the cold start to free
+        # a few objects.
+        gc.freeze()
         with self._lock:
             self._model = model
             self._pending = None
+            if self.refreshes:
+                self._refresh_due = self._clock() + self.refresh_seconds
         pending.set_result(model)
+
+    def _start_refresh(self) -> None:
+        """Start one background refresh, unless one runs already or another caller won."""
+        with self._lock:
+            due = self._refresh_due
+            if self._refreshing or due is None or self._clock() < due:
+                return
+            self._refreshing = True
+        threading.Thread(target=self._refresh, name="model-refresh", daemon=True).start()
+
+    def _refresh(self) -> None:
+        """Resolve the URI; load and swap in the version it names if that is new.
+
+        Never raises: a failure (tracking server down, artifacts missing, a model that does not
+        load) is one ERROR line, and the current model keeps serving until the next period.
+        """
+        current = self._model
+        assert current is not None
+        current_version = current.version
+        # Set once no request holds the current model any more (it is then free to go).
+        released = threading.Event()
+        current_ref = weakref.ref(current, lambda _: released.set())
+        del current
+        started = time.perf_counter()
+        try:
+            uri, version = self._resolved()
+            if version == current_version:
+                return
+            model = self._load(uri, self.model_name, None)
+            if model.version != version:  # the label must name what was loaded
+                raise ModelLoadError(f"{uri} loaded as version {model.version!r}")
+            with self._lock:
+                self._model = model
+            del model
+            logger.info(
+                "model swapped",
+                extra={
+                    "fields": {
+                        "model_uri": self.model_uri,
+                        "from_version": current_version,
+                        "model_version": version,
+                        "load_ms": round((time.perf_counter() - started) * 1000, 1),
+                    }
+                },
+            )
+            # Requests that took the old model just before the swap still use it: collect once
+            # they are done (or after a bound; what survives is freed by the next swap's).
+            released.wait(timeout=_RELEASE_WAIT_SECONDS)
+            del current_ref
+            _refreeze_after_swap()
+        except Exception as error:  # never lets a bad rollout take serving down
+            logger.error(
+                "model refresh failed: still serving the current version",
+                extra={
+                    "fields": {
+                        "model_uri": self.model_uri,
+                        "model_version": current_version,
+                        "reason": repr(error),
+                    }
+                },
+            )
+        finally:
+            with self._lock:
+                self._refreshing = False
+                # The next period starts now: a refresh slower than the period starts no other
+                # at once behind it.
+                self._refresh_due = self._clock() + self.refresh_seconds

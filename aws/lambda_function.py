@@ -20,6 +20,7 @@ Failures follow ``docs/design.md``, mapped onto Kinesis' partial batch responses
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -42,7 +43,7 @@ from kinesis_event import KinesisRecord, batch_response, decode_data, kinesis_re
 from kinesis_writer import MAX_PARTITION_KEY_CHARS, KinesisWriter, OutputRecord, RecordWriter
 from lambda_logging import install_log_handler
 from lambda_settings import LambdaSettings, settings_from_env
-from model_loader import LoadedModel, ModelLoader, ModelLoadError
+from model_loader import LoadedModel, ModelLoader, ModelLoadError, bound_mlflow_http_requests
 
 # The dead-letter record carries the source data as delivered (base64). A Kinesis record may
 # hold 1 MiB, whose base64 is a third larger than the 1 MiB a dead-letter record may hold, so
@@ -307,6 +308,7 @@ _service_lock = threading.Lock()
 def build_service(settings: LambdaSettings) -> KinesisPredictionService:
     """Wire the real model loader and Kinesis writer for ``settings`` (nothing is loaded yet)."""
     install_log_handler(logger, settings.log_level)
+    bound_mlflow_http_requests(os.environ)
     return KinesisPredictionService(
         settings,
         ModelLoader(
@@ -314,6 +316,7 @@ def build_service(settings: LambdaSettings) -> KinesisPredictionService:
             settings.model_name,
             settings.model_version,
             load_timeout_seconds=settings.model_load_timeout_seconds,
+            refresh_seconds=settings.model_refresh_seconds,
         ),
         KinesisWriter(),
     )

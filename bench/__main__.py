@@ -107,7 +107,7 @@ def step(message: str) -> None:
     print(f"… {message}", file=sys.stderr, flush=True)
 
 
-def train_model(work_dir: Path, rides: int, zones: int) -> Path:
+def train_model(work_dir: Path, rides: int, zones: int, seed: int = 42) -> Path:
     """Train with the project's own command (its defaults, e.g. the format); return the dir."""
     mlflow_dir = work_dir / "mlflow"
     shutil.rmtree(mlflow_dir, ignore_errors=True)
@@ -119,6 +119,7 @@ def train_model(work_dir: Path, rides: int, zones: int) -> Path:
             "training.train",
             f"--rides={rides}",
             f"--zones={zones}",
+            f"--seed={seed}",
             f"--tracking-uri=sqlite:///{mlflow_dir / 'mlflow.db'}",
             f"--artifact-location={mlflow_dir / 'artifacts'}",
             "--experiment=bench",
@@ -222,6 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         concurrency.ConcurrencySizes.quick() if args.quick else concurrency.ConcurrencySizes(),
         args.concurrency_levels,
     )
+    swap: dict[str, Any] = {}
     try:
         step("starting the Pub/Sub and GCS emulators")
         pubsub.start()
@@ -316,6 +318,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if levers_process.wait() != 0:
                 raise RuntimeError(f"bench.levers failed ({levers_process.returncode})")
             levers = json.loads(levers_path.read_text())
+        if not args.skip_swap:
+            step("measuring a hot swap in process (bench.swap)")
+            swap_path = work_dir / "swap.json"
+            quick = ["--seconds=2", "--period=0.5", "--variants=default"] if args.quick else []
+            subprocess.run(
+                [sys.executable, "-m", "bench.swap", f"--work-dir={work_dir}",
+                 f"--out={swap_path}", f"--rides={args.rides}", f"--zones={args.zones}", *quick],
+                cwd=REPO_ROOT, check=True,
+            )  # fmt: skip
+            swap = json.loads(swap_path.read_text())
     finally:
         if admin is not None:
             admin.close()
@@ -339,6 +351,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": [asdict(result) for result in results],
         "levers": levers,
         "concurrency": concurrency_raw,
+        "swap": swap,
     }
 
 
@@ -360,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="concurrency levels to measure (default: 1 4 8 16 32 80)",
     )
+    parser.add_argument("--skip-swap", action="store_true", help="skip bench.swap")
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR)
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_RESULTS_DIR / "raw")
     parser.add_argument(

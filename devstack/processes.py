@@ -139,6 +139,8 @@ class LocalService:
     """Base of the stack's services: one ``ManagedProcess`` on ``port``, ready when it answers."""
 
     service_name = "service"
+    # How long ``stop`` lets the service shut down on SIGTERM before it is killed.
+    stop_grace_seconds = 10.0
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -169,7 +171,7 @@ class LocalService:
     def stop(self) -> None:
         """Stop the service's whole process group (idempotent)."""
         if self._process is not None:
-            self._process.stop()
+            self._process.stop(self.stop_grace_seconds)
             self._process = None
 
 

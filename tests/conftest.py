@@ -262,3 +262,20 @@ def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoSer
 def unique(prefix: str) -> str:
     """A resource name no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def second_model(
+    test_model: ModelFixture, tmp_path_factory: pytest.TempPathFactory
+) -> ModelFixture:
+    """A model trained on other rides (other zones, seed and size), so that its predictions
+    differ from ``test_model``'s: the version 2 that rollout tests promote."""
+    rides = generate_rides(n_rides=2000, n_zones=15, seed=99)
+    train_rides, validation_rides = split_rides([rides], seed=99)
+    trained_v2 = train(train_rides, validation_rides)
+    logged = log_model(
+        trained_v2,
+        experiment="tests",
+        artifact_location=str(tmp_path_factory.mktemp("artifacts-v2")),
+    )
+    return ModelFixture(logged, trained_v2.pipeline)

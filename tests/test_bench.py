@@ -51,6 +51,8 @@ def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path:
     assert project["cpu_ms"]
     assert project["batch_e2e_ms"]
     assert project["pss_bytes"] > 0
+    assert results["swap"]["variants"][0]["swaps"] > 0
+    assert results["swap"]["variants"][0]["failed_requests"] == 0
     markdown = (out / "results.md").read_text()
     assert "| cold start" in markdown
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,9 +67,11 @@ def test_200_rides_each_predicted_exactly_once(
     for message in received:
         prediction = json.loads(message.data)
         ride_id = prediction["prediction"]["ride_id"]
-        assert prediction == test_model.expected_message(ride_id, ride_features(rides[ride_id]))
+        # Served as models:/ride-duration@champion: labelled with the registry version.
+        expected = test_model.expected_message(ride_id, ride_features(rides[ride_id]))
+        assert prediction == {**expected, "version": "1"}
         assert message.attributes["ride_id"] == ride_id
-        assert message.attributes["model_version"] == test_model.logged.run_id
+        assert message.attributes["model_version"] == "1"
         assert message.attributes["source_message_id"]
 
 
@@ -107,7 +110,8 @@ def test_tutorial_gcloud_commands_carry_a_ride_to_its_prediction(
         )  # fmt: skip
         predictions = [json.loads(item["message"]["data_decoded"]) for item in _decoded(pulled)]
     sample = load_json("sample_ride.json")
-    assert predictions == [test_model.expected_message(123, ride_features(sample["ride"]))]
+    expected = test_model.expected_message(123, ride_features(sample["ride"]))
+    assert predictions == [{**expected, "version": "1"}]
 
 
 def _decoded(pulled: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
@@ -128,16 +132,22 @@ def test_after_the_stack_stops_no_process_of_it_is_left(
         groups = dict(stack.state.process_groups)
         urls = [stack.state.function_url, stack.state.storage_url]
         tagged = stack_processes(tmp_path)
-        assert len(tagged) >= 4  # gcloud + java, storage emulator, functions-framework
-    assert set(groups) == {"pubsub-emulator", "storage-emulator", "function"}
+        stack.save_state()
+        env_sh = (tmp_path / "env.sh").read_text()
+        assert f"export MLFLOW_TRACKING_URI={stack.state.mlflow_url}\n" in env_sh
+        # gcloud + java, storage emulator, mlflow server + uvicorn, functions-framework
+        assert len(tagged) >= 6
+    assert set(groups) == {"pubsub-emulator", "storage-emulator", "mlflow-server", "function"}
     assert all(group_members(group) == [] for group in groups.values())
     assert stack_processes(tmp_path) == []
     assert [http_status(url) for url in urls] == [None, None]
 
 
 def test_demo_command_prints_ride_123_and_leaves_nothing(
-    test_model: ModelFixture, tmp_path: Path
+    test_model: ModelFixture, second_model: ModelFixture, tmp_path: Path
 ) -> None:
+    # The demo's version 2, as a previous run would have cached it (saves training it here).
+    shutil.copytree(second_model.path, tmp_path / "model-v2")
     result = subprocess.run(
         [sys.executable, "-m", "devstack", "demo", f"--work-dir={tmp_path}",
          f"--model-dir={test_model.path}"],
@@ -146,8 +156,11 @@ def test_demo_command_prints_ride_123_and_leaves_nothing(
 
     assert result.returncode == 0, result.stderr
     assert '"ride_id": 123' in result.stdout
-    assert f'"version": "{test_model.logged.run_id}"' in result.stdout
+    assert '"version": "1"' in result.stdout
     assert "4/4 predictions received" in result.stdout
+    assert "Promoted ride-duration@champion: version 1 -> 2" in result.stdout
+    assert '"version": "2", "prediction": {"ride_duration":' in result.stdout
+    assert " 0 lost" in result.stdout
     assert stack_processes(tmp_path) == []
 
 
@@ -162,7 +175,7 @@ def test_ctrl_c_tears_everything_down(test_model: ModelFixture, tmp_path: Path) 
     for line in serve.stdout:  # wait until the stack says it is running
         if "Ctrl-C stops it" in line:
             break
-    assert len(stack_processes(tmp_path)) >= 4
+    assert len(stack_processes(tmp_path)) >= 6
 
     serve.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
     serve.communicate(timeout=120)

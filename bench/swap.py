@@ -1,0 +1,244 @@
+"""``python -m bench.swap``: what a hot swap costs the requests served meanwhile (run by ``bench``).
+
+In one process, as on one Cloud Functions instance: ``--threads`` request threads call
+``main.PredictionService.handle`` (one ride per message, in-memory publisher: everything but the
+network) as fast as they can, while a ``ModelLoader`` following an alias swaps between two models
+of the bench's size (trained with the project's own command) every ``--period`` seconds. Each
+request's latency is recorded with the time it started; requests that overlap a refresh (from
+the resolution to the end of the collection that frees the old model) form the *swap* window,
+the rest the *steady* one. Reported per variant, on the same run:
+
+* throughput (messages/s) and p50/p99 latency in each window, and failed requests (must be 0);
+* ``default``: the loader as deployed; ``nice``: its refresh thread at nice 19 (Linux
+  ``setpriority`` on the thread), to see whether a lower priority spares the requests;
+* ``stages``: each stage of a swap timed alone (read and unpickle, the fast path's check, the
+  full collection that frees the old model), to see whether loading in smaller steps could
+  help: a stage that is one C call holds the GIL from start to end, whatever its priority.
+
+The whole process runs on the function's CPU (``harness.on_function_cpus``): one core, as the
+function's one vCPU, so the load competes with the requests as it does there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "swap.json"
+
+
+def train(work_dir: Path, rides: int, zones: int, seed: int) -> Path:
+    """A bench-size model directory, trained by the bench's own step (cached in work_dir)."""
+    from bench.__main__ import train_model
+
+    target = work_dir / f"swap-model-{seed}"
+    if not (target / "MLmodel").exists():
+        shutil.copytree(train_model(work_dir / f"swap-train-{seed}", rides, zones, seed), target)
+    return target
+
+
+def run_variant(
+    name: str, model_dirs: dict[str, Path], threads: int, seconds: float, period: float
+) -> dict[str, Any]:
+    """Serve requests on ``threads`` threads for ``seconds`` while the alias flips every
+    ``period``; return the windows' throughput and latency."""
+    import main
+    from model_loader import LoadedModel, ModelLoader, load_model
+
+    state = {"version": "1"}
+    refresh_windows: list[tuple[float, float]] = []
+    swap_load_ms: list[float] = []
+
+    def load(uri: str, model_name: str, override: str | None) -> LoadedModel:
+        version = uri.rsplit("/", 1)[1]
+        if name == "nice":  # the refresh thread (which calls this) at the lowest priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        loaded = load_model(str(model_dirs[version]), model_name, None)
+        return LoadedModel(loaded.name, version, uri, loaded.flavor, loaded.predict)
+
+    def resolve(uri: str) -> str:
+        return state["version"]
+
+    loader = ModelLoader(
+        "models:/bench@champion", "m", refresh_seconds=period, load=load, resolve=resolve
+    )
+    original_refresh = loader._refresh
+
+    def timed_refresh() -> None:
+        before = loader.get().version  # not the model itself: the swap waits for its release
+        started = time.perf_counter()
+        original_refresh()
+        ended = time.perf_counter()
+        refresh_windows.append((started, ended))
+        if loader.get().version != before:
+            swap_load_ms.append(round((ended - started) * 1000, 1))
+
+    loader._refresh = timed_refresh  # type: ignore[method-assign]
+    # The per-message log line at DEBUG, below the logger's level: not written, as in levers.
+    settings = main.Settings(
+        model_uri=loader.model_uri, project_id="bench", model_name="m", message_log_level="DEBUG"
+    )
+
+    class NullPublisher:
+        def publish(self, topic: str, messages: Any) -> list[str]:
+            return [""] * len(messages)
+
+    service = main.PredictionService(settings, loader, NullPublisher())
+    loader.get()
+    ride = {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 1}
+    event = {"message": {"data": base64.b64encode(json.dumps(ride).encode()).decode()}}
+    samples: list[tuple[float, float]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        local: list[tuple[float, float]] = []
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                service.handle(event, "bench")
+            except Exception as error:  # counted: a swap must fail no request
+                failures.append(repr(error))
+            local.append((started, time.perf_counter() - started))
+        samples.extend(local)
+
+    def flip() -> None:
+        while not stop.wait(period):
+            state["version"] = "2" if state["version"] == "1" else "1"
+
+    workers = [threading.Thread(target=serve) for _ in range(threads)]
+    flipper = threading.Thread(target=flip)
+    begin = time.perf_counter()
+    for worker in [*workers, flipper]:
+        worker.start()
+    stop.wait(seconds)
+    stop.set()
+    for worker in [*workers, flipper]:
+        worker.join()
+    end = time.perf_counter()
+    while loader.refreshing:  # let the last refresh end before the next variant
+        time.sleep(0.01)
+
+    def in_swap(started: float, latency: float) -> bool:
+        return any(s <= started + latency and started <= e for s, e in refresh_windows)
+
+    swap = [latency for started, latency in samples if in_swap(started, latency)]
+    steady = [latency for started, latency in samples if not in_swap(started, latency)]
+    swap_seconds = sum(min(e, end) - max(s, begin) for s, e in refresh_windows)
+
+    def window(latencies: list[float], window_seconds: float) -> dict[str, float]:
+        ordered = sorted(latencies)
+        return {
+            "messages": len(ordered),
+            "msgs_per_s": round(len(ordered) / window_seconds, 1) if window_seconds else 0.0,
+            "p50_ms": round(statistics.median(ordered) * 1000, 3) if ordered else 0.0,
+            "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 3) if ordered else 0.0,
+            "max_ms": round(ordered[-1] * 1000, 3) if ordered else 0.0,
+        }
+
+    return {
+        "variant": name,
+        "refreshes": len(refresh_windows),
+        "swaps": len(swap_load_ms),
+        "swap_ms": swap_load_ms,  # each swap's refresh, from resolution to collection
+        "swap_window_s": round(swap_seconds, 2),
+        "failed_requests": len(failures),
+        "steady": window(steady, end - begin - swap_seconds),
+        "swap": window(swap, swap_seconds),
+    }
+
+
+def stages(model_dirs: dict[str, Path], rounds: int = 3) -> dict[str, float]:
+    """Median ms of each stage of a swap, alone in this thread: each is one stretch that holds
+    the GIL (C code: the unpickling, the collection), except the fast-path check (Python)."""
+    import gc
+
+    from model_loader import _load_directly, load_model, sklearn_predictor
+
+    load_model(str(model_dirs["1"]), "m", None)
+    gc.freeze()
+    timings: dict[str, list[float]] = {"read_unpickle_ms": [], "check_ms": [], "collect_ms": []}
+    for round_index in range(rounds * 2):
+        path = str(model_dirs["2" if round_index % 2 == 0 else "1"])
+        started = time.perf_counter()
+        direct = _load_directly(path)
+        assert direct is not None
+        read = time.perf_counter()
+        predictor = sklearn_predictor(direct[1])
+        checked = time.perf_counter()
+        del direct, predictor
+        gc.unfreeze()
+        collecting = time.perf_counter()
+        gc.collect()
+        collected = time.perf_counter()
+        gc.freeze()
+        timings["read_unpickle_ms"].append((read - started) * 1000)
+        timings["check_ms"].append((checked - read) * 1000)
+        timings["collect_ms"].append((collected - collecting) * 1000)
+    return {name: round(statistics.median(values), 1) for name, values in timings.items()} | {
+        "frozen_objects": gc.get_freeze_count()
+    }
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """The results as a table."""
+    lines = [
+        "| variant | window | msgs/s | p50 ms | p99 ms | max ms | messages | failed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        for window in ("steady", "swap"):
+            w = result[window]
+            lines.append(
+                f"| {result['variant']} | {window} | {w['msgs_per_s']} | {w['p50_ms']} | "
+                f"{w['p99_ms']} | {w['max_ms']} | {w['messages']} | "
+                f"{result['failed_requests'] if window == 'swap' else ''} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train (or reuse) the two models, run every variant, write the JSON and print a table."""
+    parser = argparse.ArgumentParser(prog="python -m bench.swap", description=__doc__)
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_OUT.parent / "raw")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--rides", type=int, default=200_000)
+    parser.add_argument("--zones", type=int, default=265)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--period", type=float, default=2.0)
+    parser.add_argument("--variants", nargs="+", default=["default", "nice"] * 2)
+    args = parser.parse_args(argv)
+    from bench.harness import on_function_cpus, on_other_cpus
+
+    on_other_cpus()
+    model_dirs = {
+        "1": train(args.work_dir, args.rides, args.zones, 42),
+        "2": train(args.work_dir, args.rides, args.zones, 7),
+    }
+    results = []
+    with on_function_cpus():
+        for variant in args.variants:
+            print(f"… swap bench: {variant}", file=sys.stderr, flush=True)
+            results.append(
+                run_variant(variant, model_dirs, args.threads, args.seconds, args.period)
+            )
+        stage_ms = stages(model_dirs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"variants": results, "stages": stage_ms}, indent=1))
+    print(markdown(results))
+    print(f"\nstages of one swap, alone (median ms): {stage_ms}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
