@@ -38,7 +38,13 @@ from features import (
     ride_features,
 )
 from model_loader import LoadedModel, ModelLoader, bound_mlflow_http_requests
-from publisher import MessagePublisher, OutgoingMessage, PubSubPublisher, topic_path
+from publisher import (
+    DEFAULT_MAX_RPCS_IN_FLIGHT,
+    MessagePublisher,
+    OutgoingMessage,
+    PubSubPublisher,
+    topic_path,
+)
 
 DEFAULT_MODEL_NAME = "ride_duration_prediction_model"
 DEFAULT_PUBLISH_STREAM = "ride-predictions"
@@ -75,6 +81,7 @@ class Settings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_batch_rides: int = DEFAULT_MAX_BATCH_RIDES
     publish_timeout_seconds: float = DEFAULT_PUBLISH_TIMEOUT_SECONDS
+    publish_max_rpcs_in_flight: int = DEFAULT_MAX_RPCS_IN_FLIGHT
     model_load_timeout_seconds: float = DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
     model_refresh_seconds: float = DEFAULT_MODEL_REFRESH_SECONDS
     log_level: str = "INFO"
@@ -118,6 +125,13 @@ def _number(
     return value
 
 
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = _number(environ, name, default)
+    if not float(value).is_integer():
+        raise MissingSettingError(f"{name} must be a whole number, got {environ[name]!r}")
+    return int(value)
+
+
 def _log_level(environ: Mapping[str, str], name: str) -> str:
     level = environ.get(name, "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -138,6 +152,9 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         max_batch_rides=int(_number(environ, "MAX_BATCH_RIDES", DEFAULT_MAX_BATCH_RIDES)),
         publish_timeout_seconds=_number(
             environ, "PUBLISH_TIMEOUT_SECONDS", DEFAULT_PUBLISH_TIMEOUT_SECONDS
+        ),
+        publish_max_rpcs_in_flight=_positive_int(
+            environ, "PUBLISH_MAX_RPCS_IN_FLIGHT", DEFAULT_MAX_RPCS_IN_FLIGHT
         ),
         model_load_timeout_seconds=_number(
             environ, "MODEL_LOAD_TIMEOUT_SECONDS", DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
@@ -468,7 +485,10 @@ def build_service(settings: Settings) -> PredictionService:
             load_timeout_seconds=settings.model_load_timeout_seconds,
             refresh_seconds=settings.model_refresh_seconds,
         ),
-        PubSubPublisher(timeout_seconds=settings.publish_timeout_seconds),
+        PubSubPublisher(
+            timeout_seconds=settings.publish_timeout_seconds,
+            max_rpcs_in_flight=settings.publish_max_rpcs_in_flight,
+        ),
     )
 
 

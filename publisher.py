@@ -8,10 +8,12 @@ publish either returns the server's message ids or raises ``PublishError`` withi
 Why not the batching ``google.cloud.pubsub_v1`` client: every request of the function waits for
 its own messages anyway, so a batching timer (10 ms by default) only adds latency, and with no
 timer that client sends one RPC per message and starts threads for every batch. Instead,
-concurrent calls share RPCs by *group commit*: a call that finds no RPC in flight to its topic
-sends at once, on its own thread, everything queued for that topic; calls that arrive meanwhile
-queue up and go together in the next RPC. An idle instance therefore publishes with one RPC and
-no wait, and a busy one sends fewer, larger RPCs (see docs/speed.md, for the measurements).
+concurrent calls share RPCs by *group commit*, with at most ``max_rpcs_in_flight`` RPCs in flight
+per topic: a call that finds a slot free and nothing queued before it sends at once, on its own
+thread, what is queued for that topic (up to one request's limits); calls that find every slot
+busy queue up and go together in the next RPC once a slot frees. An idle instance therefore
+publishes with one RPC and no wait, and a busy one sends fewer, larger RPCs, without waiting
+for one round trip per RPC ahead of it (see docs/speed.md, for the measurements).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ MAX_MESSAGES_PER_REQUEST = 1000
 MAX_BYTES_PER_REQUEST = 9 * 1000 * 1000
 # Per-message overhead counted against the byte budget besides data and attributes.
 _MESSAGE_OVERHEAD_BYTES = 64
+# Publish RPCs in flight per topic at most (``PUBLISH_MAX_RPCS_IN_FLIGHT`` in main.py): with one,
+# a call arriving during an RPC waits for it, then for its own, about two round trips; with a
+# few, it usually finds a free slot. docs/speed.md has the measurement behind the value.
+DEFAULT_MAX_RPCS_IN_FLIGHT = 4
 
 
 class PublishError(RuntimeError):
@@ -92,13 +98,18 @@ def request_chunks(messages: Sequence[OutgoingMessage]) -> Iterator[Sequence[Out
 class _Call:
     """One ``publish`` call waiting in its topic's queue; its sender fills in the outcome."""
 
-    __slots__ = ("error", "ids", "messages", "size", "wakeup")
+    __slots__ = ("deadline", "error", "ids", "messages", "size", "wakeup")
 
     def __init__(
-        self, messages: Sequence[OutgoingMessage], size: int, lock: threading.Lock
+        self,
+        messages: Sequence[OutgoingMessage],
+        size: int,
+        deadline: float,
+        lock: threading.Lock,
     ) -> None:
         self.messages = messages
         self.size = size
+        self.deadline = deadline
         self.ids: list[str] | None = None
         self.error: BaseException | None = None
         # Its own condition on the publisher's lock: a sender wakes exactly the calls it
@@ -111,22 +122,30 @@ class _Call:
 
 
 class PubSubPublisher:
-    """Publishes to any topic through one lazily created, process-wide ``PublisherClient``."""
+    """Publishes to any topic through one lazily created, process-wide ``PublisherClient``.
+
+    At most ``max_rpcs_in_flight`` Publish RPCs are in flight per topic at any time; calls that
+    find every slot busy queue and share the next RPC (group commit, see the module doc).
+    """
 
     def __init__(
         self,
         timeout_seconds: float = 10.0,
         client_factory: Callable[[], Any] = _default_client,
+        max_rpcs_in_flight: int = DEFAULT_MAX_RPCS_IN_FLIGHT,
     ) -> None:
+        if max_rpcs_in_flight < 1:
+            raise ValueError(f"max_rpcs_in_flight must be at least 1, got {max_rpcs_in_flight}")
         self.timeout_seconds = timeout_seconds
+        self.max_rpcs_in_flight = max_rpcs_in_flight
         self._client_factory = client_factory
         self._client: Any = None
         self._lock = threading.Lock()
-        # Group commit state, per topic: the calls waiting to be sent, and whether a call is
-        # sending an RPC right now; guarded by one lock.
+        # Group commit state, per topic: the calls waiting to be sent, oldest first, and how
+        # many RPCs are in flight; guarded by one lock.
         self._state = threading.Lock()
         self._queues: dict[str, list[_Call]] = {}
-        self._sending: set[str] = set()
+        self._in_flight: dict[str, int] = {}
 
     def _get_client(self) -> Any:
         client = self._client
@@ -153,33 +172,50 @@ class PubSubPublisher:
             return []
         deadline = time.monotonic() + self.timeout_seconds
         size = sum(message_size(message) for message in messages)
-        if len(messages) > MAX_MESSAGES_PER_REQUEST or size > MAX_BYTES_PER_REQUEST:
-            # Too big to share a request: sent on its own, in as many requests as it takes.
-            ids: list[str] = []
-            for chunk in request_chunks(messages):
-                ids += self._send_or_raise(topic, chunk, deadline)
-            return ids
+        if len(messages) <= MAX_MESSAGES_PER_REQUEST and size <= MAX_BYTES_PER_REQUEST:
+            return self._publish_queued(topic, messages, size, deadline)
+        # Too big for one request: its requests go through the queue one after the other, in
+        # order, so they too count against the topic's RPCs in flight.
+        ids: list[str] = []
+        for chunk in request_chunks(messages):
+            chunk_size = sum(message_size(message) for message in chunk)
+            ids += self._publish_queued(topic, chunk, chunk_size, deadline)
+        return ids
 
-        call = _Call(messages, size, self._state)
+    def _publish_queued(
+        self, topic: str, messages: Sequence[OutgoingMessage], size: int, deadline: float
+    ) -> list[str]:
+        """Queue one call that fits in a request; send when it heads the queue and a slot is
+        free, or wait for the sender that took it.
+
+        Only the head of a topic's queue sends, and what it sends starts with its own call, so
+        every queued call's thread is waiting on its condition: a notification to the head is
+        never lost. Whenever the head or the number of RPCs in flight changes (a batch taken,
+        an RPC finished, the head timed out), ``_wake_next_sender`` wakes the new head if a slot
+        is free; a head woken twice takes one slot and wakes the next head, so no free slot is
+        left idle while calls queue.
+        """
+        call = _Call(messages, size, deadline, self._state)
         with self._state:
-            self._queues.setdefault(topic, []).append(call)
-        while True:
-            with self._state:
-                while not call.finished and topic in self._sending:
-                    remaining = deadline - time.monotonic()
-                    timed_out = remaining <= 0 or not call.wakeup.wait(remaining)
-                    if timed_out and not call.finished:
-                        self._abandon(topic, call)
-                        raise PublishError(
-                            f"publish to {topic} did not finish in {self.timeout_seconds}s"
-                        )
+            queue = self._queues.setdefault(topic, [])
+            queue.append(call)
+            while True:
                 if call.finished:
                     return self._outcome(call, topic)
-                # Nothing in flight to this topic: this thread sends what is queued, oldest
-                # first, which includes its own call unless older ones fill the request.
-                batch = self._take_batch(topic)
-                self._sending.add(topic)
-            self._send_batch(topic, batch, deadline)
+                now = time.monotonic()
+                if now >= deadline:
+                    self._abandon(topic, call)
+                    raise PublishError(
+                        f"publish to {topic} did not finish in {self.timeout_seconds}s"
+                    )
+                if queue[0] is call and self._in_flight.get(topic, 0) < self.max_rpcs_in_flight:
+                    break
+                call.wakeup.wait(deadline - now)
+            batch = self._take_batch(topic, now)
+            self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
+            self._wake_next_sender(topic)
+        self._send_batch(topic, batch, deadline)
+        return self._outcome(call, topic)  # its own call is the first of the batch
 
     def _send_batch(self, topic: str, batch: list[_Call], deadline: float) -> None:
         """Send the calls of ``batch`` in one RPC and hand each its ids or the error."""
@@ -197,38 +233,53 @@ class PubSubPublisher:
                     queued.ids = outcome[start : start + len(queued.messages)]
                     start += len(queued.messages)
                 queued.wakeup.notify()
-            self._sending.discard(topic)
+            self._in_flight[topic] -= 1
             self._wake_next_sender(topic)
 
-    def _take_batch(self, topic: str) -> list[_Call]:
-        """The oldest queued calls of ``topic`` that fit in one request (at least one)."""
+    def _take_batch(self, topic: str, now: float) -> list[_Call]:
+        """The oldest queued calls of ``topic`` that fit in one request, starting with the head.
+
+        Calls past their deadline whose threads have not yet run to drop them are dropped here,
+        with a ``PublishError``: nothing is sent after its caller stopped waiting.
+        """
         queue = self._queues[topic]
-        count, size, taken = 0, 0, 0
-        for queued in queue:
-            if taken and (
+        batch: list[_Call] = []
+        count, size, index = 0, 0, 0
+        while index < len(queue):
+            queued = queue[index]
+            if batch and queued.deadline <= now:
+                queued.error = PublishError(
+                    f"publish to {topic} did not finish in {self.timeout_seconds}s"
+                )
+                queued.wakeup.notify()
+                del queue[index]
+                continue
+            if batch and (
                 count + len(queued.messages) > MAX_MESSAGES_PER_REQUEST
                 or size + queued.size > MAX_BYTES_PER_REQUEST
             ):
                 break
             count += len(queued.messages)
             size += queued.size
-            taken += 1
-        batch = queue[:taken]
-        del queue[:taken]
+            batch.append(queued)
+            index += 1
+        del queue[:index]
         return batch
 
     def _wake_next_sender(self, topic: str) -> None:
-        """With nothing in flight to ``topic``, wake its oldest queued call to send."""
+        """If ``topic`` has a free slot and calls queued, wake the head of its queue to send."""
         queue = self._queues.get(topic)
-        if queue and topic not in self._sending:
+        if queue and self._in_flight.get(topic, 0) < self.max_rpcs_in_flight:
             queue[0].wakeup.notify()
 
     def _abandon(self, topic: str, call: _Call) -> None:
         """Drop a timed-out call from its queue (if not yet taken by a sender)."""
         queue = self._queues.get(topic, [])
         if call in queue:
+            was_head = queue[0] is call
             queue.remove(call)
-            self._wake_next_sender(topic)  # it may have been woken to send, and now will not
+            if was_head:  # it may have been woken to send, and now will not
+                self._wake_next_sender(topic)
 
     @staticmethod
     def _outcome(call: _Call, topic: str) -> list[str]:
@@ -238,16 +289,6 @@ class PubSubPublisher:
             raise PublishError(f"publish to {topic} failed: {call.error!r}") from call.error
         assert call.ids is not None
         return call.ids
-
-    def _send_or_raise(
-        self, topic: str, messages: Sequence[OutgoingMessage], deadline: float
-    ) -> list[str]:
-        try:
-            return self._send(topic, messages, deadline)
-        except PublishError:
-            raise
-        except Exception as error:
-            raise PublishError(f"publish to {topic} failed: {error!r}") from error
 
     def _send(self, topic: str, messages: Sequence[OutgoingMessage], deadline: float) -> list[str]:
         """One Publish RPC, retried on retryable errors until ``deadline``."""

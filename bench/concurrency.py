@@ -17,13 +17,18 @@ request as soon as its previous one is answered) keep that many requests in flig
 
 The framework-only variant runs at the same levels, in the same rounds, on the same CPU: the
 ratio project ÷ framework is how close the function gets to what functions-framework itself
-allows. Rounds interleave (framework 1, project 1, framework 4, ...). ``bench.cost`` turns the
-throughputs into billed instance time and cost.
+allows. Beside the project as configured (``PUBLISH_MAX_RPCS_IN_FLIGHT`` unset: the publisher's
+default, or whatever the bench's environment sets), the same project runs with
+``PUBLISH_MAX_RPCS_IN_FLIGHT=1`` (one Publish RPC in flight per topic, the publisher before
+several were allowed): project ÷ its one-RPC self is what several RPCs in flight buy. Rounds
+interleave (framework 1, project 1, project with 1 RPC 1, framework 4, ...). ``bench.cost``
+turns the project's throughputs into billed instance time and cost.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -48,11 +53,15 @@ from bench.harness import (
 )
 from devstack.function_server import FunctionServer
 from devstack.processes import group_members
+from publisher import DEFAULT_MAX_RPCS_IN_FLIGHT
 
 # What functions-framework's gunicorn reads for its thread count (functions_framework/_http/
 # gunicorn.py: ``threads = int(os.environ.get("THREADS", (os.cpu_count() or 1) * 4))``).
 THREADS_VARIABLE = "THREADS"
 FRAMEWORK, PROJECT = "framework", "project"
+# The project with one Publish RPC in flight per topic (main.settings_from_env reads it).
+PROJECT_ONE_RPC = "project-1rpc"
+MAX_RPCS_VARIABLE = "PUBLISH_MAX_RPCS_IN_FLIGHT"
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,8 @@ class ConcurrencySizes:
     seconds: float = 2.0
     # 1,000-ride messages per level, at least one per pusher (``fixed_work``).
     batch_messages: int = 30
+    # Levels at which the project with one RPC in flight runs too (None: every level).
+    one_rpc_levels: tuple[int, ...] | None = None
 
     @classmethod
     def quick(cls) -> ConcurrencySizes:
@@ -74,6 +85,7 @@ class ConcurrencySizes:
             warmup_seconds=0.1,
             seconds=0.3,
             batch_messages=2,
+            one_rpc_levels=(2,),
         )
 
 
@@ -108,6 +120,8 @@ class LevelResult:
     # Peak resident memory (VmHWM) of the function's processes, summed: an upper bound of what
     # the instance needed at this concurrency (pages shared by master and worker count twice).
     peak_rss_bytes: int = 0
+    # The publisher's cap on Publish RPCs in flight per topic (the project's variants only).
+    max_rpcs_in_flight: int | None = None
 
 
 class ClosedLoop:
@@ -261,8 +275,14 @@ def measure_level(
     sizes: ConcurrencySizes,
 ) -> LevelResult:
     """Start one instance with ``THREADS=concurrency`` on the function's CPU, measure, stop."""
+    server_env = {
+        **env,
+        **variant.env,
+        "BENCH_VARIANT": variant.module,
+        THREADS_VARIABLE: str(concurrency),
+    }
     server = FunctionServer(
-        {**env, **variant.env, "BENCH_VARIANT": variant.module, THREADS_VARIABLE: str(concurrency)},
+        server_env,
         log_dir,
         source=PROBE,
         target="predict_duration",
@@ -309,7 +329,32 @@ def measure_level(
         batch=batch,
         batch_size=batch_size if batch is not None else 0,
         peak_rss_bytes=peak_rss,
+        max_rpcs_in_flight=max_rpcs_in_flight(server_env) if variant.module == "main" else None,
     )
+
+
+def max_rpcs_in_flight(server_env: dict[str, str]) -> int:
+    """The cap the project's publisher runs with: its setting as the server sees it (the
+    bench's own environment under the variant's), or the publisher's default."""
+    raw = server_env.get(MAX_RPCS_VARIABLE) or os.environ.get(MAX_RPCS_VARIABLE)
+    return int(raw) if raw else DEFAULT_MAX_RPCS_IN_FLIGHT
+
+
+def measured_variants(variants: Sequence[Variant]) -> list[Variant]:
+    """``variants``, and after the project the same project with one RPC in flight."""
+    measured = []
+    for variant in variants:
+        measured.append(variant)
+        if variant.name == PROJECT:
+            measured.append(
+                replace(
+                    variant,
+                    name=PROJECT_ONE_RPC,
+                    description="main.py with PUBLISH_MAX_RPCS_IN_FLIGHT=1",
+                    env={**variant.env, MAX_RPCS_VARIABLE: "1"},
+                )
+            )
+    return measured
 
 
 def run_rounds(
@@ -323,14 +368,24 @@ def run_rounds(
     sizes: ConcurrencySizes,
     progress: Callable[[str], None] = lambda message: None,
 ) -> list[dict[str, Any]]:
-    """Every variant at every level, rounds interleaved; the raw results as dicts."""
+    """Every variant at every level, rounds interleaved; the raw results as dicts.
+
+    The project also runs with one RPC in flight (``measured_variants``), at
+    ``sizes.one_rpc_levels`` (every level by default), right after the project.
+    """
     bodies = ride_bodies(rides)
     batch_bodies = [push_body(json.dumps(batch).encode()) for batch in batches]
     batch_size = len(batches[0]) if batches else 0
     results = []
     for round_index in range(1, rounds + 1):
         for concurrency in sizes.levels:
-            for variant in variants:
+            for variant in measured_variants(variants):
+                if (
+                    variant.name == PROJECT_ONE_RPC
+                    and sizes.one_rpc_levels is not None
+                    and concurrency not in sizes.one_rpc_levels
+                ):
+                    continue
                 result = measure_level(
                     variant,
                     concurrency,
@@ -361,7 +416,8 @@ def _window(raw: dict[str, Any] | None) -> Window | None:
 
 
 def summarise(raw_levels: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per level: each variant's medians over rounds, and project ÷ framework per round's median.
+    """Per level: each variant's medians over rounds; the median over rounds of project ÷
+    framework, and of project ÷ the project with one RPC in flight, each taken within a round.
 
     CPU per message is the function's CPU over the window divided by its 2xx answers.
     """
@@ -381,6 +437,7 @@ def summarise(raw_levels: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "errors": sum(w.failed for w in singles if w),
             "peak_rss_mib": median([r.get("peak_rss_bytes", 0) / 2**20 for r in results]),
             "rounds": len(results),
+            "max_rpcs_in_flight": results[0].get("max_rpcs_in_flight"),
         }
         batches = [(_window(r["batch"]), r["batch_size"]) for r in results if r.get("batch")]
         if batches:
@@ -396,27 +453,50 @@ def summarise(raw_levels: Sequence[dict[str, Any]]) -> dict[str, Any]:
             }
         levels.setdefault(concurrency, {})[name] = entry
     for concurrency, variants in levels.items():
-        if FRAMEWORK in variants and PROJECT in variants:
-            ratios = []
-            for round_results in _pairs(raw_levels, concurrency):
-                framework, project = (_window(r["single"]) for r in round_results)
-                if framework and project and framework.per_second:
-                    ratios.append(project.per_second / framework.per_second)
+        ratios = [
+            project.per_second / framework.per_second
+            for project, framework in _windows(raw_levels, concurrency, PROJECT, FRAMEWORK)
+            if framework.per_second
+        ]
+        if ratios:
             variants["project_over_framework"] = median(ratios)
+        pairs = _windows(raw_levels, concurrency, PROJECT, PROJECT_ONE_RPC)
+        if pairs:
+            variants["project_over_one_rpc"] = median(
+                [project.per_second / one.per_second for project, one in pairs if one.per_second]
+            )
+        batch_pairs = _windows(raw_levels, concurrency, PROJECT, PROJECT_ONE_RPC, "batch")
+        if batch_pairs:
+            variants["project_over_one_rpc_batch"] = median(
+                [
+                    project.per_second / one.per_second
+                    for project, one in batch_pairs
+                    if one.per_second
+                ]
+            )
     return {"levels": {str(level): levels[level] for level in sorted(levels)}}
 
 
-def _pairs(raw_levels: Sequence[dict[str, Any]], concurrency: int) -> list[tuple[Any, Any]]:
-    """(framework, project) results of the same round at ``concurrency``."""
+def _windows(
+    raw_levels: Sequence[dict[str, Any]],
+    concurrency: int,
+    first: str,
+    second: str,
+    phase: str = "single",
+) -> list[tuple[Window, Window]]:
+    """(``first``, ``second``) windows of ``phase`` in each round that measured both at
+    ``concurrency``."""
     rounds: dict[int, dict[str, Any]] = {}
     for result in raw_levels:
         if result["concurrency"] == concurrency:
             rounds.setdefault(result["round"], {})[result["variant"]] = result
-    return [
-        (both[FRAMEWORK], both[PROJECT])
-        for both in rounds.values()
-        if FRAMEWORK in both and PROJECT in both
-    ]
+    pairs = []
+    for both in rounds.values():
+        if first in both and second in both:
+            one, other = _window(both[first].get(phase)), _window(both[second].get(phase))
+            if one and other:
+                pairs.append((one, other))
+    return pairs
 
 
 def _fmt(value: float, digits: int = 0) -> str:
@@ -441,7 +521,7 @@ def markdown_lines(summary: dict[str, Any], meta: dict[str, Any], default: int |
         "is the pusher's, from POST to answer. 1,000-ride messages: "
         f"{sizes.get('batch_messages', '?')} of them (at least one per pusher), timed from the "
         "first send to the last answer. Peak RSS: the highest resident memory of gunicorn's "
-        "master and worker, summed (an upper bound), after both phases.",
+        "master and worker, summed (an upper bound), after both phases." + _project_cap(summary),
         "",
         "| concurrency | project (msg/s) | framework (msg/s) | project ÷ framework "
         "| project CPU per msg (ms) | framework CPU per msg (ms) | project p50 (ms) "
@@ -474,6 +554,62 @@ def markdown_lines(summary: dict[str, Any], meta: dict[str, Any], default: int |
         if isinstance(v, dict)
     )
     lines += ["", f"Non-2xx answers in the measured windows: {errors}."]
+    return lines + one_rpc_lines(summary)
+
+
+def _project_cap(summary: dict[str, Any]) -> str:
+    caps = {
+        variants[PROJECT].get("max_rpcs_in_flight")
+        for variants in summary["levels"].values()
+        if PROJECT in variants
+    } - {None}
+    if len(caps) != 1:
+        return ""
+    (cap,) = caps
+    return f" The project's publisher: up to {cap} Publish RPC{'s' if cap != 1 else ''} in flight."
+
+
+def one_rpc_lines(summary: dict[str, Any]) -> list[str]:
+    """The project as configured against the same project with one Publish RPC in flight per
+    topic, at each level where both ran; the ratios are taken within each round."""
+    levels = {
+        level: variants
+        for level, variants in summary["levels"].items()
+        if PROJECT in variants and PROJECT_ONE_RPC in variants
+    }
+    if not levels:
+        return []
+    nan = float("nan")
+    lines = [
+        "",
+        "### Several Publish RPCs in flight against one",
+        "",
+        "The same project, interleaved in the same rounds: as configured, and with "
+        f"`{MAX_RPCS_VARIABLE}=1`. ÷ 1 RPC is the median over rounds of the ratio within each "
+        "round.",
+        "",
+        "| concurrency | publisher | msg/s | ÷ 1 RPC | CPU per msg (ms) | p50 (ms) | p99 (ms) "
+        "| 1,000-ride msgs (rides/s) | ÷ 1 RPC | … p50 (ms) | … p99 (ms) | peak RSS (MiB) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for level, variants in levels.items():
+        for name in (PROJECT, PROJECT_ONE_RPC):
+            entry = variants[name]
+            cap = entry.get("max_rpcs_in_flight")
+            label = f"{cap} RPC{'s' if cap != 1 else ''} in flight" if cap else name
+            mine = name == PROJECT
+            lines.append(
+                f"| {level} | {label} | {_fmt(entry.get('msgs_per_s', nan))} "
+                f"| {_fmt(variants.get('project_over_one_rpc', nan), 2) if mine else ''} "
+                f"| {_fmt(entry.get('cpu_ms_per_msg', nan), 3)} "
+                f"| {_fmt(entry.get('latency_p50_ms', nan), 1)} "
+                f"| {_fmt(entry.get('latency_p99_ms', nan), 1)} "
+                f"| {_fmt(entry.get('batch_rides_per_s', nan))} "
+                f"| {_fmt(variants.get('project_over_one_rpc_batch', nan), 2) if mine else ''} "
+                f"| {_fmt(entry.get('batch_latency_p50_ms', nan), 0)} "
+                f"| {_fmt(entry.get('batch_latency_p99_ms', nan), 0)} "
+                f"| {_fmt(entry.get('peak_rss_mib', nan))} |"
+            )
     return lines
 
 

@@ -12,6 +12,9 @@ This fake does the same with the server's rules that matter to the publisher:
   be held back by the test (``holding``), to keep an RPC in flight for as long as it needs.
   A held response that outlives the client's ``timeout`` raises ``DeadlineExceeded`` as gRPC
   does, although the messages were published: the at-least-once case.
+- how many requests to each topic are in flight at once (from their arrival until their response
+  or error goes back), and the most there ever were (``max_in_flight``): the publisher's cap on
+  RPCs in flight per topic is checked against this.
 
 Tests drive concurrency with its events, never with sleeps: ``wait_for_rpcs(n)`` returns once
 ``n`` requests have reached the server, ``release(index)`` or ``release_all()`` lets held
@@ -59,6 +62,9 @@ class FakePublisherClient:
         self.rpcs: list[Rpc] = []
         self.refused: list[str] = []
         self.id_of: dict[bytes, str] = {}
+        # Per topic: requests in flight now, and the most there ever were at once.
+        self.in_flight: dict[str, int] = {}
+        self.max_in_flight: dict[str, int] = {}
         self._arrived = threading.Condition()
 
     def publish(
@@ -72,6 +78,18 @@ class FakePublisherClient:
         """Publish ``request`` as the service would, or refuse it."""
         assert isinstance(request, PublishRequest), "publisher.py sends a PublishRequest"
         raw = PublishRequest.pb(request)
+        with self._arrived:
+            now = self.in_flight.get(raw.topic, 0) + 1
+            self.in_flight[raw.topic] = now
+            self.max_in_flight[raw.topic] = max(now, self.max_in_flight.get(raw.topic, 0))
+        try:
+            return self._publish(raw, timeout)
+        finally:
+            with self._arrived:
+                self.in_flight[raw.topic] -= 1
+
+    def _publish(self, raw: Any, timeout: float | None) -> PublishResponse:
+        """The server's side of one request (``raw``, the protobuf): refuse, fail or publish."""
         request_bytes = raw.ByteSize()
         reason = None
         if len(raw.messages) > API_MAX_MESSAGES:

@@ -15,6 +15,7 @@ import pytest
 
 from bench.cost import Instance, Prices, choose_default, per_million_rides
 from devstack.stack import stack_processes
+from publisher import DEFAULT_MAX_RPCS_IN_FLIGHT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,19 +58,26 @@ def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path:
     assert "| cold start" in markdown
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
 
-    # The concurrency phase: both variants at each quick level, publishing through the proxy.
+    # The concurrency phase: both variants at each quick level, publishing through the proxy,
+    # and the project with one RPC in flight at one level (to keep this cheap).
     levels = {(r["variant"], r["concurrency"]) for r in results["concurrency"]}
-    assert levels == {(v, c) for v in ("framework", "project") for c in (1, 2)}
+    assert levels == {(v, c) for v in ("framework", "project") for c in (1, 2)} | {
+        ("project-1rpc", 2)
+    }
     for level in results["concurrency"]:
         assert level["single"]["ok"] > 0
         assert level["single"]["failed"] == 0
-        assert (level["batch"] is not None) == (level["variant"] == "project")
-        if level["variant"] == "project":  # its publishes went through the delaying proxy
+        is_project = level["variant"] in ("project", "project-1rpc")
+        assert (level["batch"] is not None) == is_project
+        if is_project:  # its publishes went through the delaying proxy
             rtt_ms = results["meta"]["concurrency_sizes"]["rtt_ms"]
             assert level["single"]["latency_p50_ms"] >= rtt_ms
+    caps = {r["variant"]: r["max_rpcs_in_flight"] for r in results["concurrency"]}
+    assert caps == {"framework": None, "project": DEFAULT_MAX_RPCS_IN_FLIGHT, "project-1rpc": 1}
     assert results["summary"]["cost"]["default_concurrency"] in (1, 2)
     assert "## Concurrency" in markdown
     assert "## Cost per million rides" in markdown
+    assert "### Several Publish RPCs in flight against one" in markdown
     assert stack_processes(work) == []
 
 

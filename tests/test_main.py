@@ -9,7 +9,7 @@ import pytest
 
 import main
 from model_loader import LoadedModel, ModelLoader, ModelLoadError
-from publisher import PublishError
+from publisher import DEFAULT_MAX_RPCS_IN_FLIGHT, PublishError
 from tests.conftest import (
     PROJECT_ID,
     SAMPLE_FEATURES,
@@ -168,6 +168,24 @@ def test_missing_model_uri_is_a_named_error() -> None:
         main.settings_from_env({"PROJECT_ID": "p"})
     with pytest.raises(main.MissingSettingError, match="PROJECT_ID or GOOGLE_CLOUD_PROJECT"):
         main.settings_from_env({"MODEL_URI": "x"})
+
+
+def test_publish_max_rpcs_in_flight_comes_from_the_environment() -> None:
+    required = {"MODEL_URI": "x", "PROJECT_ID": "p"}
+    default = main.settings_from_env(required).publish_max_rpcs_in_flight
+    assert default == DEFAULT_MAX_RPCS_IN_FLIGHT
+    settings = main.settings_from_env(required | {"PUBLISH_MAX_RPCS_IN_FLIGHT": "7"})
+    assert settings.publish_max_rpcs_in_flight == 7
+    # The wired publisher gets it.
+    assert main.build_service(settings).publisher.max_rpcs_in_flight == 7
+
+
+@pytest.mark.parametrize("raw", ["0", "-2", "1.5", "two"])
+def test_invalid_publish_max_rpcs_in_flight_is_a_named_error(raw: str) -> None:
+    with pytest.raises(main.MissingSettingError, match="PUBLISH_MAX_RPCS_IN_FLIGHT"):
+        main.settings_from_env(
+            {"MODEL_URI": "x", "PROJECT_ID": "p", "PUBLISH_MAX_RPCS_IN_FLIGHT": raw}
+        )
 
 
 INVALID_EVENT_DATA: list[tuple[str, Any, str]] = [
