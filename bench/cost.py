@@ -21,9 +21,10 @@ from typing import Any
 
 PRICING_PAGE = "https://cloud.google.com/run/pricing"
 PRICES_READ = "2026-11-27"
-# A level's billed instance time may exceed the cheapest level's by this much and still be the
-# default: past that point more concurrency only adds latency (see ``choose_default``).
-DEFAULT_TOLERANCE = 0.10
+# A level's total cost per million rides may exceed the cheapest level's by this much and still
+# be the default: past that point more concurrency saves little and adds latency and memory
+# (see ``choose_default``).
+DEFAULT_TOLERANCE = 0.05
 # The project ÷ framework throughput the default should reach (issue 10).
 FRAMEWORK_RATIO_AIM = 0.75
 
@@ -81,20 +82,21 @@ def per_million_rides(
 
 
 def choose_default(
-    msgs_per_s: dict[int, float],
+    total_cost: dict[int, float],
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> int | None:
-    """The smallest concurrency whose billed instance time per ride is within ``tolerance`` of
-    the cheapest level's, i.e. whose throughput is at least 1 ÷ (1 + tolerance) of the best.
+    """The smallest concurrency whose total cost per million rides (instance time and request
+    fees) is within ``tolerance`` of the cheapest level's.
 
-    Past that level, more requests in flight on the same CPU only wait longer (latency grows
-    with concurrency once the CPU is busy), while the bill hardly changes.
+    The fee per request does not depend on concurrency, so once the instance time per ride is
+    small beside it, more concurrency hardly changes the bill, while requests in flight on the
+    same CPU wait longer (latency grows with concurrency) and the instance holds more memory.
     """
-    measured = {level: rate for level, rate in msgs_per_s.items() if rate == rate and rate > 0}
+    measured = {level: cost for level, cost in total_cost.items() if cost == cost and cost > 0}
     if not measured:
         return None
-    best = max(measured.values())
-    return min(level for level, rate in measured.items() if rate * (1 + tolerance) >= best)
+    cheapest = min(measured.values())
+    return min(level for level, cost in measured.items() if cost <= cheapest * (1 + tolerance))
 
 
 def summarise(concurrency_summary: dict[str, Any], prices: Prices = Prices()) -> dict[str, Any]:
@@ -118,10 +120,7 @@ def summarise(concurrency_summary: dict[str, Any], prices: Prices = Prices()) ->
         row["latency_p99_ms"] = project["latency_p99_ms"]
         rows.append(row)
     default = choose_default(
-        {
-            row["concurrency"]: 1_000_000 / row["single"][INSTANCES[0].label]["instance_seconds"]
-            for row in rows
-        }
+        {row["concurrency"]: row["single"][INSTANCES[0].label]["total"] for row in rows}
     )
     return {
         "pricing_page": PRICING_PAGE,
@@ -190,8 +189,9 @@ def markdown_lines(cost: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"Default concurrency supported by this run: **{default}**, the smallest level whose "
-            f"single-ride billed instance time is within {cost['tolerance']:.0%} of the "
-            "cheapest level's (more concurrency past it adds latency, not savings). "
+            f"total cost per million single-ride messages ({INSTANCES[0].label}) is within "
+            f"{cost['tolerance']:.0%} of the cheapest level's (more concurrency past it saves "
+            "less than that and adds latency and memory). "
             f"Project ÷ framework there: {ratio:.2f} (aim ≥ {cost['framework_ratio_aim']:.2f}: "
             f"{met}).",
         ]

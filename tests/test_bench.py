@@ -97,8 +97,9 @@ def test_cost_per_million_rides_is_billed_instance_time_at_allocated_size_plus_r
     assert batched["requests"] == pytest.approx(1000 * 0.5 / 1_000_000)
 
 
-def test_the_default_concurrency_is_the_smallest_within_tolerance_of_the_best_throughput() -> None:
-    rates = {1: 40.0, 8: 300.0, 32: 930.0, 80: 1000.0}
-    assert choose_default(rates, tolerance=0.10) == 32
-    assert choose_default(rates, tolerance=0.0) == 80
+def test_the_default_concurrency_is_the_smallest_within_tolerance_of_the_cheapest() -> None:
+    totals = {1: 1.02, 8: 0.494, 16: 0.448, 32: 0.427, 80: 0.418}
+    assert choose_default(totals, tolerance=0.05) == 32
+    assert choose_default(totals, tolerance=0.10) == 16
+    assert choose_default(totals, tolerance=0.0) == 80
     assert choose_default({1: float("nan"), 4: 0.0}) is None
