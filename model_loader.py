@@ -104,6 +104,19 @@ def registered_model_version(model_uri: str) -> str | None:
     return str(staged[0].version) if staged else None
 
 
+def resolve_once(
+    model_uri: str, resolve: Callable[[str], str | None] = registered_model_version
+) -> tuple[str, str | None]:
+    """(the URI to load now, its registry version): a moving registry URI is resolved once, to
+    the version it names now, and pinned to it; any other URI is returned as it is, with None."""
+    if not is_movable(model_uri):
+        return model_uri, None
+    version = resolve(model_uri)
+    if version is None:
+        raise ModelLoadError(f"{model_uri} names no registered model version")
+    return pinned_uri(model_uri, version), version
+
+
 def derive_version(
     model_uri: str, run_id: str | None, model_uuid: str | None, override: str | None
 ) -> str:
@@ -329,11 +342,7 @@ def load_model(model_uri: str, model_name: str, version_override: str | None) ->
     now, and that version is loaded: the label always names the model that was loaded.
     """
     started = time.perf_counter()
-    if is_movable(model_uri):
-        version = registered_model_version(model_uri)
-        if version is None:
-            raise ModelLoadError(f"{model_uri} names no registered model version")
-        model_uri = pinned_uri(model_uri, version)
+    model_uri, _ = resolve_once(model_uri)
     direct = _load_directly(model_uri)
     if direct is not None:
         mlmodel, sklearn_model = direct
@@ -470,19 +479,10 @@ class ModelLoader:
                 f"model {self.model_uri} is still loading after {self.load_timeout_seconds}s"
             ) from None
 
-    def _resolved(self) -> tuple[str, str | None]:
-        """(the URI to load now, its registry version): a moving registry URI is resolved
-        once, to the version it names now; any other URI is loaded as it is."""
-        if not is_movable(self.model_uri):
-            return self.model_uri, None
-        version = self._resolve(self.model_uri)
-        if version is None:
-            raise ModelLoadError(f"{self.model_uri} names no registered model version")
-        return pinned_uri(self.model_uri, version), version
-
     def _load_into(self, pending: Future[LoadedModel]) -> None:
         try:
-            model = self._load(self._resolved()[0], self.model_name, self.version_override)
+            uri, _ = resolve_once(self.model_uri, self._resolve)
+            model = self._load(uri, self.model_name, self.version_override)
         except Exception as error:  # any failure is transient here: retried on next request
             logger.error(
                 "model load failed",
@@ -531,7 +531,7 @@ class ModelLoader:
         del current
         started = time.perf_counter()
         try:
-            uri, version = self._resolved()
+            uri, version = resolve_once(self.model_uri, self._resolve)
             if version == current_version:
                 return
             model = self._load(uri, self.model_name, None)

@@ -205,9 +205,7 @@ class PubSubPublisher:
                 now = time.monotonic()
                 if now >= deadline:
                     self._abandon(topic, call)
-                    raise PublishError(
-                        f"publish to {topic} did not finish in {self.timeout_seconds}s"
-                    )
+                    raise self._timed_out(topic)
                 if queue[0] is call and self._in_flight.get(topic, 0) < self.max_rpcs_in_flight:
                     break
                 call.wakeup.wait(deadline - now)
@@ -248,9 +246,7 @@ class PubSubPublisher:
         while index < len(queue):
             queued = queue[index]
             if batch and queued.deadline <= now:
-                queued.error = PublishError(
-                    f"publish to {topic} did not finish in {self.timeout_seconds}s"
-                )
+                queued.error = self._timed_out(topic)
                 queued.wakeup.notify()
                 del queue[index]
                 continue
@@ -280,6 +276,10 @@ class PubSubPublisher:
             queue.remove(call)
             if was_head:  # it may have been woken to send, and now will not
                 self._wake_next_sender(topic)
+
+    def _timed_out(self, topic: str) -> PublishError:
+        """The error of a call whose deadline passed before its messages were sent or acked."""
+        return PublishError(f"publish to {topic} did not finish in {self.timeout_seconds}s")
 
     @staticmethod
     def _outcome(call: _Call, topic: str) -> list[str]:
