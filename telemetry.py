@@ -219,7 +219,11 @@ class CloudMonitoringExporter(MetricExporter):
     Prometheus stores), so a failed export is made good by the next one.
     """
 
-    def __init__(self, settings: TelemetrySettings) -> None:
+    def __init__(
+        self,
+        settings: TelemetrySettings,
+        build: Callable[[TelemetrySettings], tuple[MetricExporter, Resource]] | None = None,
+    ) -> None:
         super().__init__(
             preferred_temporality={
                 Counter: AggregationTemporality.CUMULATIVE,
@@ -227,30 +231,9 @@ class CloudMonitoringExporter(MetricExporter):
             }
         )
         self._settings = settings
+        self._build = build or otlp_exporter
         self._exporter: MetricExporter | None = None
         self._resource: Resource | None = None
-
-    def _build(self) -> tuple[MetricExporter, Resource]:
-        import google.auth
-        from google.auth.transport.requests import AuthorizedSession
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.resourcedetector.gcp_resource_detector import (
-            GoogleCloudResourceDetector,
-        )
-
-        credentials, _ = google.auth.default(scopes=[_MONITORING_WRITE_SCOPE])
-        exporter = OTLPMetricExporter(
-            endpoint=TELEMETRY_METRICS_ENDPOINT,
-            session=AuthorizedSession(credentials),
-            timeout=EXPORT_TIMEOUT_SECONDS,
-        )
-        # Region and instance id from the metadata server; job = the Cloud Run service.
-        detected = GoogleCloudResourceDetector(raise_on_error=False).detect()
-        resource = detected.merge(cloud_run_resource(self._settings))
-        if not resource.attributes.get("faas.instance"):
-            # The Telemetry API rejects points without an instance: one id per process then.
-            resource = resource.merge(Resource({"service.instance.id": uuid.uuid4().hex}))
-        return exporter, resource
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -258,7 +241,7 @@ class CloudMonitoringExporter(MetricExporter):
         """Send the totals; one WARNING line when that fails (retried at the next export)."""
         try:
             if self._exporter is None or self._resource is None:
-                self._exporter, self._resource = self._build()
+                self._exporter, self._resource = self._build(self._settings)
             resource = self._resource
             data = replace(
                 metrics_data,
@@ -286,6 +269,31 @@ class CloudMonitoringExporter(MetricExporter):
             self._exporter.shutdown()
 
 
+def otlp_exporter(settings: TelemetrySettings) -> tuple[MetricExporter, Resource]:
+    """The OTLP/HTTP exporter to the Telemetry API with Application Default Credentials, and
+    the instance's resource (imported and built in the export thread, on first use)."""
+    import google.auth
+    from google.auth.transport.requests import AuthorizedSession
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.resourcedetector.gcp_resource_detector import (
+        GoogleCloudResourceDetector,
+    )
+
+    credentials, _ = google.auth.default(scopes=[_MONITORING_WRITE_SCOPE])
+    exporter = OTLPMetricExporter(
+        endpoint=TELEMETRY_METRICS_ENDPOINT,
+        session=AuthorizedSession(credentials),
+        timeout=EXPORT_TIMEOUT_SECONDS,
+    )
+    # Region and instance id from the metadata server; job = the Cloud Run service.
+    detected = GoogleCloudResourceDetector(raise_on_error=False).detect()
+    resource = detected.merge(cloud_run_resource(settings))
+    if not resource.attributes.get("faas.instance"):
+        # The Telemetry API rejects points without an instance: one id per process then.
+        resource = resource.merge(Resource({"service.instance.id": uuid.uuid4().hex}))
+    return exporter, resource
+
+
 def cloud_run_resource(settings: TelemetrySettings) -> Resource:
     """The attributes the Telemetry API maps to the prometheus_target resource: the project
     (required), job = service.name = the Cloud Run service, and the platform."""
@@ -300,13 +308,17 @@ def cloud_run_resource(settings: TelemetrySettings) -> Resource:
     return Resource.create(attributes)
 
 
-def telemetry_from_env(project_id: str, environ: Mapping[str, str]) -> PredictionTelemetry:
+def telemetry_from_env(
+    project_id: str,
+    environ: Mapping[str, str],
+    exporter: Callable[[TelemetrySettings], MetricExporter] = CloudMonitoringExporter,
+) -> PredictionTelemetry:
     """The deployed function's telemetry: exporting on Cloud Run, recording only elsewhere."""
     settings = settings_from_env(project_id, environ)
     if not settings.exports:
         return PredictionTelemetry()
     reader = PeriodicExportingMetricReader(
-        CloudMonitoringExporter(settings),
+        exporter(settings),
         # No timer thread: exports are started by requests (see the module doc).
         export_interval_millis=float("inf"),
         export_timeout_millis=EXPORT_TIMEOUT_SECONDS * 1000,
