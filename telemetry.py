@@ -1,15 +1,18 @@
 """The function's own metrics: rides predicted and the predicted durations, by model version.
 
 What only the function knows, and a log line per ride would make expensive, is counted in
-process with OpenTelemetry (``ride_predictions_total``, ``predicted_ride_duration_minutes``:
-every ride of a batch included) and written to Cloud Monitoring through its OTLP endpoint
-(Google Cloud Managed Service for Prometheus). The rest comes from lines the function
-writes anyway, through log-based metrics: ``reason_class`` here names the class of a rejection
-for its ERROR line. ``docs/operations.md`` says why, and what each costs.
+process (``ride_predictions_total``, ``predicted_ride_duration_minutes``: every ride of a batch
+included) and written to Cloud Monitoring through its OTLP endpoint (Google Cloud Managed
+Service for Prometheus) with OpenTelemetry's data model and exporter. The rest comes from lines
+the function writes anyway, through log-based metrics: ``reason_class`` here names the class of
+a rejection for its ERROR line. ``docs/operations.md`` says why, and what each costs.
 
-Under Cloud Run's request-based billing the CPU is throttled between requests, so no timer
-thread exports: a request that finds the export due starts one in the background, as the
-model refresh does, and the totals are cumulative, so an export that is late or fails loses
+Counting is a lock and a bisect per ride (about 0.2 microseconds), kept by hand: the
+OpenTelemetry SDK's instruments cost 5 to 20 microseconds per recorded value, which would double
+the CPU of a 1,000-ride message. ``tests/test_telemetry.py`` pins the totals to the SDK's own
+aggregation. Under Cloud Run's request-based billing the CPU is throttled between requests, so
+no timer thread exports: a request that finds the export due starts one in the background, as
+the model refresh does, and the totals are cumulative, so an export that is late or fails loses
 nothing (the next one carries the totals). The last totals are flushed at process exit.
 Outside Cloud Run (``K_SERVICE`` unset: tests, the local stack) nothing is exported.
 """
@@ -17,26 +20,19 @@ Outside Cloud Run (``K_SERVICE`` unset: tests, the local stack) nothing is expor
 from __future__ import annotations
 
 import atexit
+import bisect
 import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
-from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    MetricExporter,
-    MetricExportResult,
-    MetricReader,
-    MetricsData,
-    PeriodicExportingMetricReader,
-)
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-from opentelemetry.sdk.resources import Resource
+if TYPE_CHECKING:  # imported when a snapshot is taken: the cold start does not pay for them
+    from opentelemetry.sdk.metrics.export import MetricsData
+    from opentelemetry.sdk.resources import Resource
 
 logger = logging.getLogger("ride_predictor.telemetry")
 
@@ -118,65 +114,134 @@ def settings_from_env(project_id: str, environ: Mapping[str, str]) -> TelemetryS
     )
 
 
-class PredictionTelemetry:
-    """The in-process instruments, and the request-driven export of what they hold.
+class MetricsExporter(Protocol):
+    """Where snapshots go: ``CloudMonitoringExporter`` when deployed, a recorder in tests."""
 
-    ``record_predictions`` is what the function calls per message: it adds to the counter and
-    the histogram (thread-safe, a few microseconds) and, when an export is due, starts it in a
-    background thread; the caller never waits for Cloud Monitoring. ``readers`` are
-    OpenTelemetry metric readers: tests pass an ``InMemoryMetricReader``.
+    def export(self, metrics_data: MetricsData) -> bool:
+        """Send the snapshot; False if it could not be sent (the next one carries the totals)."""
+
+    def shutdown(self) -> None:
+        """Release what the exporter holds (an HTTP session)."""
+
+
+@dataclass
+class _VersionTotals:
+    """Cumulative totals of one model version: rides, and their durations' histogram."""
+
+    count: int = 0
+    total_minutes: int = 0
+    bucket_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(DURATION_BUCKETS_MINUTES) + 1)
+    )
+
+
+class PredictionTelemetry:
+    """The in-process totals, and the request-driven export of them.
+
+    ``record_predictions`` is what the function calls per message: it adds to the totals under
+    a lock and, when an export is due, starts it in a background thread; the caller never waits
+    for Cloud Monitoring. ``snapshot`` is the totals in OpenTelemetry's data model (a monotonic
+    cumulative sum and an explicit-bucket histogram per version). Without an exporter (tests,
+    the local stack) the totals are only kept.
     """
 
     def __init__(
         self,
-        readers: Sequence[MetricReader] = (),
-        resource: Resource | None = None,
+        exporter: MetricsExporter | None = None,
         export_seconds: float = DEFAULT_EXPORT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._readers = tuple(readers)
-        self._provider = MeterProvider(
-            metric_readers=list(self._readers),
-            resource=resource or Resource.get_empty(),
-            views=[
-                View(
-                    instrument_name=DURATION_METRIC,
-                    aggregation=ExplicitBucketHistogramAggregation(DURATION_BUCKETS_MINUTES),
-                )
-            ],
-            # close() flushes first; the provider's own exit hook would only shut down.
-            shutdown_on_exit=False,
-        )
-        meter = self._provider.get_meter("ride_predictor")
-        self._predictions = meter.create_counter(
-            PREDICTIONS_METRIC, description="Rides predicted and published, by model version."
-        )
-        self._durations = meter.create_histogram(
-            DURATION_METRIC,
-            description="Predicted ride durations in minutes, by model version.",
-            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_MINUTES),
-        )
+        self._exporter = exporter
         self._export_seconds = export_seconds
         self._clock = clock
         self._lock = threading.Lock()
+        self._totals: dict[str, _VersionTotals] = {}
+        self._start_time_ns = time.time_ns()
         self._exporting = False
         self._next_export = clock() + export_seconds
         self._closed = False
 
     def record_predictions(self, model_version: str, durations: Iterable[int]) -> None:
         """Count the published predictions of one message, then start an export if one is due."""
-        attributes = {MODEL_VERSION_LABEL: model_version}
-        count = 0
-        for duration in durations:
-            self._durations.record(duration, attributes)
-            count += 1
-        if count:
-            self._predictions.add(count, attributes)
-        self._maybe_export()
+        buckets = DURATION_BUCKETS_MINUTES
+        with self._lock:
+            totals = self._totals.get(model_version)
+            if totals is None:
+                totals = self._totals[model_version] = _VersionTotals()
+            bucket_counts = totals.bucket_counts
+            for duration in durations:
+                # A linear model can predict a negative duration: counted as 0 minutes (the
+                # lowest bucket), as a histogram's sum must not decrease (OpenTelemetry's
+                # instruments drop such values, which would hide a bad model instead).
+                minutes = duration if duration > 0 else 0
+                # Bucket i holds (bound i-1, bound i]: OpenTelemetry's explicit buckets.
+                bucket_counts[bisect.bisect_left(buckets, minutes)] += 1
+                totals.count += 1
+                totals.total_minutes += minutes
+        if self._exporter is not None and self._clock() >= self._next_export:
+            self._start_export()
 
-    def _maybe_export(self) -> None:
-        if not self._readers or self._clock() < self._next_export:
-            return
+    def snapshot(self) -> MetricsData:
+        """The cumulative totals now, as OpenTelemetry ``MetricsData`` (resource set on export)."""
+        from opentelemetry.sdk.metrics.export import (
+            AggregationTemporality,
+            Histogram,
+            HistogramDataPoint,
+            Metric,
+            MetricsData,
+            NumberDataPoint,
+            ResourceMetrics,
+            ScopeMetrics,
+            Sum,
+        )
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        with self._lock:
+            totals = {
+                version: (t.count, t.total_minutes, list(t.bucket_counts))
+                for version, t in self._totals.items()
+            }
+        now, start = time.time_ns(), self._start_time_ns
+        cumulative = AggregationTemporality.CUMULATIVE
+        counts = [
+            NumberDataPoint({MODEL_VERSION_LABEL: version}, start, now, count)
+            for version, (count, _, _) in totals.items()
+        ]
+        histograms = [
+            HistogramDataPoint(
+                attributes={MODEL_VERSION_LABEL: version},
+                start_time_unix_nano=start,
+                time_unix_nano=now,
+                count=count,
+                sum=total,
+                bucket_counts=bucket_counts,
+                explicit_bounds=list(DURATION_BUCKETS_MINUTES),
+                min=None,  # not kept: the buckets carry the shape
+                max=None,
+            )
+            for version, (count, total, bucket_counts) in totals.items()
+        ]
+        metrics = [
+            Metric(
+                name=PREDICTIONS_METRIC,
+                description="Rides predicted and published, by model version.",
+                unit="",
+                data=Sum(counts, cumulative, is_monotonic=True),
+            ),
+            Metric(
+                name=DURATION_METRIC,
+                description="Predicted ride durations in minutes, by model version.",
+                unit="",
+                data=Histogram(histograms, cumulative),
+            ),
+        ]
+        scope = InstrumentationScope("ride_predictor")
+        return MetricsData(
+            [ResourceMetrics(Resource.get_empty(), [ScopeMetrics(scope, metrics, "")], "")]
+        )
+
+    def _start_export(self) -> None:
         with self._lock:
             if self._exporting or self._closed or self._clock() < self._next_export:
                 return
@@ -193,24 +258,26 @@ class PredictionTelemetry:
                 self._next_export = self._clock() + self._export_seconds
 
     def flush(self) -> None:
-        """Collect and export now (a reader that exports on collection sends the totals)."""
-        for reader in self._readers:
-            try:
-                reader.collect(timeout_millis=EXPORT_TIMEOUT_SECONDS * 1000)
-            except Exception as error:  # never lets metrics take serving down
-                logger.warning("metrics export failed", extra={"fields": {"reason": repr(error)}})
+        """Export the totals now, if there is an exporter; never raises."""
+        if self._exporter is None or not self._totals:
+            return
+        try:
+            self._exporter.export(self.snapshot())
+        except Exception as error:  # never lets metrics take serving down
+            logger.warning("metrics export failed", extra={"fields": {"reason": repr(error)}})
 
     def close(self) -> None:
-        """Flush the last totals and stop (registered at process exit for exporting readers)."""
+        """Flush the last totals and stop (registered at process exit when exporting)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         self.flush()
-        self._provider.shutdown()
+        if self._exporter is not None:
+            self._exporter.shutdown()
 
 
-class CloudMonitoringExporter(MetricExporter):
+class CloudMonitoringExporter:
     """OTLP over HTTP to Cloud Monitoring's Telemetry API, built on first use.
 
     The OTLP exporter, Google's credentials and the instance's identity (from the metadata
@@ -222,23 +289,17 @@ class CloudMonitoringExporter(MetricExporter):
     def __init__(
         self,
         settings: TelemetrySettings,
-        build: Callable[[TelemetrySettings], tuple[MetricExporter, Resource]] | None = None,
+        build: Callable[[TelemetrySettings], tuple[Any, Resource]] | None = None,
     ) -> None:
-        super().__init__(
-            preferred_temporality={
-                Counter: AggregationTemporality.CUMULATIVE,
-                Histogram: AggregationTemporality.CUMULATIVE,
-            }
-        )
         self._settings = settings
         self._build = build or otlp_exporter
-        self._exporter: MetricExporter | None = None
+        self._exporter: Any = None  # an OpenTelemetry MetricExporter
         self._resource: Resource | None = None
 
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        """Send the totals; one WARNING line when that fails (retried at the next export)."""
+    def export(self, metrics_data: MetricsData) -> bool:
+        """Send the totals with this instance's resource; one WARNING line when that fails."""
+        from opentelemetry.sdk.metrics.export import MetricExportResult
+
         try:
             if self._exporter is None or self._resource is None:
                 self._exporter, self._resource = self._build(self._settings)
@@ -250,26 +311,23 @@ class CloudMonitoringExporter(MetricExporter):
                     for resource_metrics in metrics_data.resource_metrics
                 ],
             )
-            result = self._exporter.export(data, timeout_millis=timeout_millis)
+            result = self._exporter.export(data, timeout_millis=EXPORT_TIMEOUT_SECONDS * 1000)
         except Exception as error:  # credentials, metadata server, network: try next time
             result, reason = MetricExportResult.FAILURE, repr(error)
         else:
             reason = "the Telemetry API refused the export"
         if result is not MetricExportResult.SUCCESS:
             logger.warning("metrics export failed", extra={"fields": {"reason": reason}})
-        return result
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        """Nothing is buffered here."""
+            return False
         return True
 
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+    def shutdown(self) -> None:
         """Close the HTTP session, if one was opened."""
         if self._exporter is not None:
             self._exporter.shutdown()
 
 
-def otlp_exporter(settings: TelemetrySettings) -> tuple[MetricExporter, Resource]:
+def otlp_exporter(settings: TelemetrySettings) -> tuple[Any, Resource]:
     """The OTLP/HTTP exporter to the Telemetry API with Application Default Credentials, and
     the instance's resource (imported and built in the export thread, on first use)."""
     import google.auth
@@ -278,6 +336,7 @@ def otlp_exporter(settings: TelemetrySettings) -> tuple[MetricExporter, Resource
     from opentelemetry.resourcedetector.gcp_resource_detector import (
         GoogleCloudResourceDetector,
     )
+    from opentelemetry.sdk.resources import Resource
 
     credentials, _ = google.auth.default(scopes=[_MONITORING_WRITE_SCOPE])
     exporter = OTLPMetricExporter(
@@ -297,6 +356,8 @@ def otlp_exporter(settings: TelemetrySettings) -> tuple[MetricExporter, Resource
 def cloud_run_resource(settings: TelemetrySettings) -> Resource:
     """The attributes the Telemetry API maps to the prometheus_target resource: the project
     (required), job = service.name = the Cloud Run service, and the platform."""
+    from opentelemetry.sdk.resources import Resource
+
     attributes: dict[str, str] = {
         "gcp.project_id": settings.project_id,
         "cloud.platform": "gcp_cloud_run",
@@ -311,18 +372,12 @@ def cloud_run_resource(settings: TelemetrySettings) -> Resource:
 def telemetry_from_env(
     project_id: str,
     environ: Mapping[str, str],
-    exporter: Callable[[TelemetrySettings], MetricExporter] = CloudMonitoringExporter,
+    exporter: Callable[[TelemetrySettings], MetricsExporter] = CloudMonitoringExporter,
 ) -> PredictionTelemetry:
-    """The deployed function's telemetry: exporting on Cloud Run, recording only elsewhere."""
+    """The deployed function's telemetry: exporting on Cloud Run, counting only elsewhere."""
     settings = settings_from_env(project_id, environ)
     if not settings.exports:
         return PredictionTelemetry()
-    reader = PeriodicExportingMetricReader(
-        exporter(settings),
-        # No timer thread: exports are started by requests (see the module doc).
-        export_interval_millis=float("inf"),
-        export_timeout_millis=EXPORT_TIMEOUT_SECONDS * 1000,
-    )
-    telemetry = PredictionTelemetry([reader], export_seconds=settings.export_seconds)
+    telemetry = PredictionTelemetry(exporter(settings), export_seconds=settings.export_seconds)
     atexit.register(telemetry.close)
     return telemetry

@@ -3,8 +3,10 @@
 Runs the real ``PredictionService`` in process (a constant model, a publisher that keeps what it
 is given) and measures what each signal writes: the log lines the log-based metrics count, the
 OTLP request of one metrics export and its Prometheus samples, and the prediction log's row.
-Also measures, in fresh interpreters, the CPU time that importing the OpenTelemetry SDK adds to
-importing ``main``'s other dependencies (CPU time: the machine may be busy). Sizes are exact.
+Also measures, in fresh interpreters, the CPU time that the export thread's imports (the
+OpenTelemetry SDK's data model, the OTLP exporter, the resource detector) add to importing
+``main``'s dependencies (CPU time: the machine may be busy), and the CPU that counting adds per
+message. Sizes are exact.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import logging
 import statistics
 import subprocess
 import sys
+import timeit
 from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import main
 import telemetry
@@ -74,7 +76,7 @@ def _lines_of_a_run() -> tuple[list[dict[str, Any]], list[bytes], _KeepingPublis
     model = LoadedModel(
         "ride_duration_prediction_model", version, "x", "test", lambda r: [18.2] * len(r)
     )
-    publisher, reader = _KeepingPublisher(), InMemoryMetricReader()
+    publisher, counts = _KeepingPublisher(), telemetry.PredictionTelemetry()
     settings = main.Settings(
         model_uri="x", project_id="my-project-id", dead_letter_stream="ride-prediction-dead-letter"
     )
@@ -82,7 +84,7 @@ def _lines_of_a_run() -> tuple[list[dict[str, Any]], list[bytes], _KeepingPublis
         settings,
         ModelLoader("x", "m", load=lambda *_: model),
         publisher,
-        telemetry.PredictionTelemetry([reader]),
+        counts,
     )
     texts: list[bytes] = []
 
@@ -108,7 +110,7 @@ def _lines_of_a_run() -> tuple[list[dict[str, Any]], list[bytes], _KeepingPublis
         function_logger.removeHandler(handler)
         for stdout_handler in stdout_handlers:
             function_logger.addHandler(stdout_handler)
-    return [json.loads(text) for text in texts], texts, publisher, reader
+    return [json.loads(text) for text in texts], texts, publisher, counts
 
 
 def _entry_bytes(line: dict[str, Any]) -> int:
@@ -127,19 +129,18 @@ def _import_seconds(modules: str) -> float:
 
 def measure() -> dict[str, Any]:
     """Every figure docs/operations.md quotes."""
-    lines, texts, publisher, reader = _lines_of_a_run()
+    lines, texts, publisher, counts = _lines_of_a_run()
     by_message = {
         line["message"].split(":")[0]: (line, text) for line, text in zip(lines, texts, strict=True)
     }
     rejected, rejected_text = by_message["rejected message"]
     published, published_text = by_message["prediction published"]
-    export_one = encode_metrics(reader.get_metrics_data()).SerializeToString()
+    export_one = encode_metrics(counts.snapshot()).SerializeToString()
     # During a rollout two versions serve at once: two series of each metric.
-    reader_two = InMemoryMetricReader()
-    two = telemetry.PredictionTelemetry([reader_two])
+    two = telemetry.PredictionTelemetry()
     two.record_predictions("1", [10])
     two.record_predictions("2", [12])
-    export_two = encode_metrics(reader_two.get_metrics_data()).SerializeToString()
+    export_two = encode_metrics(two.snapshot()).SerializeToString()
     samples_per_version = 1 + (len(telemetry.DURATION_BUCKETS_MINUTES) + 1) + 2
     ((_topic, prediction),) = [
         (t, m) for t, m in publisher.messages if t.endswith("ride-predictions")
@@ -157,7 +158,7 @@ def measure() -> dict[str, Any]:
         + len(body["model"]) + 2 + len(body["version"]) + 2 + 8
     )  # fmt: skip
     base = "functions_framework, google.cloud.pubsub_v1, msgspec"
-    sdk = f"{base}, opentelemetry.sdk.metrics, opentelemetry.sdk.resources"
+    sdk = f"{base}, opentelemetry.sdk.metrics.export, opentelemetry.sdk.resources"
     exporter = (
         f"{sdk}, opentelemetry.exporter.otlp.proto.http.metric_exporter, "
         "opentelemetry.resourcedetector.gcp_resource_detector, google.auth.transport.requests"
@@ -167,7 +168,16 @@ def measure() -> dict[str, Any]:
     base_seconds, with_sdk, with_exporter = (
         statistics.median(column) for column in zip(*rounds, strict=True)
     )
+    counting = telemetry.PredictionTelemetry()
+    single = min(
+        timeit.repeat(lambda: counting.record_predictions("1", [12]), number=20_000, repeat=5)
+    )
+    batch = min(
+        timeit.repeat(lambda: counting.record_predictions("1", [12] * 1000), number=50, repeat=5)
+    )
     return {
+        "counting microseconds per single-ride message": round(single / 20_000 * 1e6, 2),
+        "counting microseconds per ride of a 1,000-ride message": round(batch / 50 / 1000 * 1e6, 3),
         "rejected line stdout bytes": len(rejected_text),
         "rejected line LogEntry bytes (estimate)": _entry_bytes(rejected),
         "reason_class field bytes": len(json.dumps({"reason_class": rejected["reason_class"]})) - 1,
@@ -180,8 +190,8 @@ def measure() -> dict[str, Any]:
         "prediction message attribute bytes": attribute_bytes,
         "prediction log row bytes (estimate)": row_bytes,
         "import seconds: main's libraries": round(base_seconds, 3),
-        "import seconds: + OpenTelemetry SDK (at import of main)": round(with_sdk, 3),
-        "import seconds: + OTLP exporter, detector, google.auth (in the export thread)": round(
+        "import seconds: + OpenTelemetry SDK's data model (export thread)": round(with_sdk, 3),
+        "import seconds: + OTLP exporter, detector, google.auth (export thread)": round(
             with_exporter, 3
         ),
     }

@@ -1,7 +1,7 @@
 """Each metric's source is really emitted by the running function as monitoring/ expects it.
 
 The function runs through functions-framework's own app and test client with a real model; its
-telemetry records into OpenTelemetry's in-memory reader, and its JSON log lines are turned into
+telemetry's snapshot is read in OpenTelemetry's data model, and its JSON log lines are turned into
 the LogEntries Cloud Logging makes of them and run through the log-based metrics' own filters and
 label extractors (rendered from monitoring/log-metrics/). With MESSAGE_LOG_LEVEL=DEBUG, the
 level a high-volume deployment uses, every metric still has its source.
@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from cloudevents.conversion import to_binary
 from functions_framework import create_app
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import main
 import telemetry
@@ -73,8 +72,8 @@ def served(
     test_model: ModelFixture,
     recording_publisher: RecordingPublisher,
     monkeypatch: pytest.MonkeyPatch,
-) -> tuple[Any, InMemoryMetricReader]:
-    """The framework's app for main.py with the in-memory reader as its telemetry."""
+) -> tuple[Any, telemetry.PredictionTelemetry]:
+    """The framework's app for main.py, its telemetry counting without exporting."""
     app = create_app(target="predict_duration", source=MAIN_PY, signature_type="cloudevent")
     served_main = sys.modules["main"]
     settings = served_main.Settings(
@@ -83,15 +82,15 @@ def served(
         dead_letter_stream="dead-letters",
         message_log_level=request.param,
     )
-    reader = InMemoryMetricReader()
+    counts = telemetry.PredictionTelemetry()
     service = served_main.PredictionService(
         settings,
         ModelLoader(settings.model_uri, settings.model_name),
         recording_publisher,
-        telemetry.PredictionTelemetry([reader]),
+        counts,
     )
     monkeypatch.setattr(served_main, "_service", service)
-    return app.test_client(), reader
+    return app.test_client(), counts
 
 
 def _push(client: Any, data: bytes, message_id: str) -> None:
@@ -101,12 +100,12 @@ def _push(client: Any, data: bytes, message_id: str) -> None:
 
 
 def test_every_metric_source_is_emitted_by_the_running_function(
-    served: tuple[Any, InMemoryMetricReader],
+    served: tuple[Any, telemetry.PredictionTelemetry],
     recording_publisher: RecordingPublisher,
     json_logs: list[dict[str, Any]],
     test_model: ModelFixture,
 ) -> None:
-    client, reader = served
+    client, counts = served
     _push(client, json.dumps({"ride": RIDE, "ride_id": 1}).encode(), "single")
     batch = [{"ride": RIDE, "ride_id": 2}, {"ride": RIDE, "ride_id": "x"}, {"ride_id": 3}]
     _push(client, json.dumps(batch).encode(), "batch")
@@ -118,7 +117,7 @@ def test_every_metric_source_is_emitted_by_the_running_function(
     assert durations[0] == test_model.expected_duration(SAMPLE_FEATURES)
 
     # In process: every published ride counted once, batch elements included, by version.
-    found = points(reader.get_metrics_data())
+    found = points(counts.snapshot())
     assert set(found) == {telemetry.PREDICTIONS_METRIC, telemetry.DURATION_METRIC}
     version = published[0]["version"]
     (count,) = found[telemetry.PREDICTIONS_METRIC].items()

@@ -1,8 +1,8 @@
-"""telemetry.py: the in-process instruments, the request-driven export, the reason classes.
+"""telemetry.py: the in-process totals, the request-driven export, the reason classes.
 
-Exporters here are hand-written recorders behind OpenTelemetry's own reader; the clock is the
-test's. The function itself over HTTP, with the log-based metrics' filters applied to its real
-lines, is in tests/test_metric_sources.py.
+Exporters here are hand-written recorders; the clock is the test's. The totals are pinned to
+the OpenTelemetry SDK's own aggregation of the same values. The function itself over HTTP, with
+the log-based metrics' filters applied to its real lines, is in tests/test_metric_sources.py.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
-    MetricExporter,
     MetricExportResult,
     MetricsData,
-    PeriodicExportingMetricReader,
 )
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 
 import main
@@ -59,36 +59,30 @@ def points(data: MetricsData | None) -> dict[str, dict[str, Any]]:
     return found
 
 
-class RecordingExporter(MetricExporter):
-    """Keeps every export; can be made to fail or to wait for the test."""
+class RecordingExporter:
+    """Keeps every export; can be made to wait for the test. Also an OpenTelemetry
+    ``MetricExporter`` in shape (``timeout_millis``), for ``CloudMonitoringExporter``."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.exports: list[MetricsData] = []
-        self.fail = False
         self.gate: threading.Event | None = None
+        self.shut_down = False
 
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 0) -> Any:
         if self.gate is not None:
             assert self.gate.wait(timeout=WAIT_SECONDS)
         self.exports.append(metrics_data)
-        return MetricExportResult.FAILURE if self.fail else MetricExportResult.SUCCESS
+        return MetricExportResult.SUCCESS if timeout_millis else True
 
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        pass
+    def shutdown(self) -> None:
+        self.shut_down = True
 
 
 def exporting_telemetry(
-    exporter: MetricExporter, clock: FakeClock, export_seconds: float = 60.0
+    exporter: Any, clock: FakeClock, export_seconds: float = 60.0
 ) -> PredictionTelemetry:
-    """Telemetry as deployed (no timer thread), with the test's exporter and clock."""
-    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=float("inf"))
-    return PredictionTelemetry([reader], export_seconds=export_seconds, clock=clock)
+    """Telemetry as deployed, with the test's exporter and clock."""
+    return PredictionTelemetry(exporter, export_seconds=export_seconds, clock=clock)
 
 
 # --- rejection reason classes -----------------------------------------------------------------
@@ -143,16 +137,15 @@ def test_the_log_metric_documents_every_reason_class() -> None:
 
 
 def test_predictions_and_durations_are_counted_by_model_version() -> None:
-    reader = InMemoryMetricReader()
-    recorder = PredictionTelemetry([reader])
+    recorder = PredictionTelemetry()
     recorder.record_predictions("1", [12])
     recorder.record_predictions("1", [3, 250, 0])
-    recorder.record_predictions("2", [40])
+    recorder.record_predictions("2", [40, -7])  # a negative prediction counts as 0 minutes
     recorder.record_predictions("2", [])  # a batch with no valid ride: nothing
-    found = points(reader.get_metrics_data())
+    found = points(recorder.snapshot())
     assert {name: point.value for name, point in found[PREDICTIONS_METRIC].items()} == {
         "1": 4,
-        "2": 1,
+        "2": 2,
     }
     histogram = found[DURATION_METRIC]
     assert histogram["1"].count == 4
@@ -166,11 +159,51 @@ def test_predictions_and_durations_are_counted_by_model_version() -> None:
     assert counts[12] == 1
     assert counts["inf"] == 1
     assert histogram["2"].sum == 40
+    assert histogram["2"].bucket_counts[0] == 1
+
+
+def test_the_totals_are_the_opentelemetry_sdks_aggregation_of_the_same_values() -> None:
+    """The hand-kept totals (a bisect per ride, for speed) against the SDK's instruments."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(
+        metric_readers=[reader],
+        views=[
+            View(
+                instrument_name=DURATION_METRIC,
+                aggregation=ExplicitBucketHistogramAggregation(telemetry.DURATION_BUCKETS_MINUTES),
+            )
+        ],
+        shutdown_on_exit=False,
+    )
+    meter = provider.get_meter("reference")
+    counter = meter.create_counter(PREDICTIONS_METRIC)
+    histogram = meter.create_histogram(DURATION_METRIC)
+    recorder = PredictionTelemetry()
+    # Every bound, its neighbours, zero, large and negative values, in two versions. The SDK
+    # refuses a negative value; telemetry counts it as 0 minutes (see record_predictions).
+    values = [b + d for b in telemetry.DURATION_BUCKETS_MINUTES for d in (-1, 0, 1)]
+    values += [0, 1000, 10**6, -3]
+    for version in ("1", "2"):
+        for start in range(0, len(values), 7):
+            message = values[start : start + 7]
+            recorder.record_predictions(version, message)
+            for value in message:
+                histogram.record(max(value, 0), {MODEL_VERSION_LABEL: version})
+            counter.add(len(message), {MODEL_VERSION_LABEL: version})
+        values.reverse()
+    ours, sdk = points(recorder.snapshot()), points(reader.get_metrics_data())
+    provider.shutdown()
+    for version in ("1", "2"):
+        assert ours[PREDICTIONS_METRIC][version].value == sdk[PREDICTIONS_METRIC][version].value
+        mine, theirs = ours[DURATION_METRIC][version], sdk[DURATION_METRIC][version]
+        assert list(mine.bucket_counts) == list(theirs.bucket_counts)
+        assert list(mine.explicit_bounds) == list(theirs.explicit_bounds)
+        assert (mine.count, mine.sum) == (theirs.count, theirs.sum)
 
 
 def test_recording_alone_starts_no_thread() -> None:
     before = threading.active_count()
-    recorder = PredictionTelemetry([InMemoryMetricReader()], clock=FakeClock())
+    recorder = PredictionTelemetry(clock=FakeClock())
     for _ in range(100):
         recorder.record_predictions("1", [5])
     assert threading.active_count() == before
@@ -212,7 +245,7 @@ def test_a_failed_export_loses_nothing_and_never_reaches_the_request(
     clock = FakeClock()
     failures = []
 
-    def broken_build(settings: TelemetrySettings) -> tuple[MetricExporter, Resource]:
+    def broken_build(settings: TelemetrySettings) -> tuple[Any, Resource]:
         failures.append(settings)
         raise OSError("metadata server unreachable")
 
@@ -244,13 +277,13 @@ def test_close_flushes_the_last_totals_once() -> None:
     recorder.close()
     (exported,) = exporter.exports
     assert points(exported)[PREDICTIONS_METRIC]["1"].value == 1
+    assert exporter.shut_down
 
 
 def test_the_deployed_wiring_exports_only_on_cloud_run_with_no_timer_thread() -> None:
-    assert telemetry_from_env("p", {})._readers == ()
-    assert (
-        telemetry_from_env("p", {"K_SERVICE": "fn", "METRICS_EXPORT_SECONDS": "0"})._readers == ()
-    )
+    assert telemetry_from_env("p", {})._exporter is None
+    turned_off = telemetry_from_env("p", {"K_SERVICE": "fn", "METRICS_EXPORT_SECONDS": "0"})
+    assert turned_off._exporter is None
 
     exporters: list[RecordingExporter] = []
 
@@ -298,10 +331,9 @@ def test_the_otlp_request_encodes_both_metrics() -> None:
         ExportMetricsServiceRequest,
     )
 
-    reader = InMemoryMetricReader()
-    recorder = PredictionTelemetry([reader])
+    recorder = PredictionTelemetry()
     recorder.record_predictions("1", [10, 20])
-    data = reader.get_metrics_data()
+    data = recorder.snapshot()
     assert _names([data]) == {PREDICTIONS_METRIC, DURATION_METRIC}
     request = ExportMetricsServiceRequest.FromString(encode_metrics(data).SerializeToString())
     metrics = {m.name: m for m in request.resource_metrics[0].scope_metrics[0].metrics}
