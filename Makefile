@@ -39,7 +39,7 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/shellcheck deploy.sh
+	$(VENV)/bin/shellcheck deploy.sh monitoring/render.bash
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 
 format: $(STAMP)
