@@ -12,6 +12,7 @@ import base64
 import json
 import threading
 from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -341,3 +342,72 @@ def test_the_otlp_request_encodes_both_metrics() -> None:
     assert metrics[PREDICTIONS_METRIC].sum.aggregation_temporality == 2  # CUMULATIVE
     assert metrics[DURATION_METRIC].histogram.data_points[0].count == 2
     assert json.loads(json.dumps(list(metrics)))  # names are plain text
+
+
+def test_the_deployed_exporter_posts_otlp_protobuf_with_the_instances_resource(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real OTLP/HTTP exporter, built as deployed, against a local HTTP endpoint."""
+    import google.auth
+    from google.auth.credentials import Credentials
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+        ExportMetricsServiceResponse,
+    )
+
+    class FixedToken(Credentials):
+        """Application Default Credentials' stand-in: a token, sent as the bearer."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.token = "test-token"
+
+        def refresh(self, request: Any) -> None:
+            self.token = "test-token"
+
+    received: list[tuple[str, str, str, bytes]] = []
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(
+                (self.path, self.headers["Content-Type"], self.headers["Authorization"], body)
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+            self.wfile.write(ExportMetricsServiceResponse().SerializeToString())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/metrics"
+    monkeypatch.setattr(telemetry, "TELEMETRY_METRICS_ENDPOINT", endpoint)
+    monkeypatch.setattr(google.auth, "default", lambda scopes=None: (FixedToken(), None))
+    try:
+        exporter = CloudMonitoringExporter(TelemetrySettings("p", 60.0, "fn", "fn-00003"))
+        recorder = PredictionTelemetry(exporter, clock=FakeClock())
+        recorder.record_predictions("7", [10, 30])
+        recorder.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    ((path, content_type, authorization, body),) = received
+    assert path == "/v1/metrics"
+    assert content_type == "application/x-protobuf"
+    assert authorization == "Bearer test-token"  # Google's credentials, through the session
+    request = ExportMetricsServiceRequest.FromString(body)
+    (resource_metrics,) = request.resource_metrics
+    attributes = {a.key: a.value.string_value for a in resource_metrics.resource.attributes}
+    assert attributes["gcp.project_id"] == "p"
+    assert attributes["service.name"] == "fn"
+    assert attributes["service.instance.id"]  # no metadata server here: one id per process
+    metrics = {m.name: m for m in resource_metrics.scope_metrics[0].metrics}
+    (count,) = metrics[PREDICTIONS_METRIC].sum.data_points
+    assert count.as_int == 2
+    assert count.attributes[0].key == MODEL_VERSION_LABEL
+    (histogram,) = metrics[DURATION_METRIC].histogram.data_points
+    assert (histogram.count, histogram.sum) == (2, 40)
