@@ -45,6 +45,7 @@ from publisher import (
     PubSubPublisher,
     topic_path,
 )
+from telemetry import PredictionTelemetry, reason_class, telemetry_from_env
 
 DEFAULT_MODEL_NAME = "ride_duration_prediction_model"
 DEFAULT_PUBLISH_STREAM = "ride-predictions"
@@ -258,11 +259,16 @@ class PredictionService:
     """Handles one Pub/Sub message: decode, validate, predict, publish (see the module doc)."""
 
     def __init__(
-        self, settings: Settings, model_loader: ModelLoader, publisher: MessagePublisher
+        self,
+        settings: Settings,
+        model_loader: ModelLoader,
+        publisher: MessagePublisher,
+        telemetry: PredictionTelemetry | None = None,
     ) -> None:
         self.settings = settings
         self.model_loader = model_loader
         self.publisher = publisher
+        self.telemetry = telemetry or PredictionTelemetry()
         self._message_log_level = logging.getLevelName(settings.message_log_level)
 
     def handle(self, event_data: Any, event_id: str = "") -> dict[str, Any] | list[Any] | None:
@@ -300,6 +306,9 @@ class PredictionService:
         self.publisher.publish(
             self.settings.output_topic_path,
             [self._outgoing(prediction_message, _truncate(model.version), message)],
+        )
+        self.telemetry.record_predictions(
+            model.version, [prediction_message.prediction.ride_duration]
         )
         self._log_handled(
             message,
@@ -357,6 +366,10 @@ class PredictionService:
         self._dead_letter(dead_letters)
         if outgoing:
             self.publisher.publish(self.settings.output_topic_path, outgoing)
+        if model is not None:
+            self.telemetry.record_predictions(
+                model.version, [p.prediction.ride_duration for p in prediction_messages]
+            )
         self._log_handled(
             message, started, model, ride_count=len(events), rejected_count=len(rejected)
         )
@@ -408,6 +421,7 @@ class PredictionService:
     ) -> None:
         fields: dict[str, Any] = {
             "reason": error.reason,
+            "reason_class": reason_class(error.reason),
             "message_id": message.message_id if message else "",
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         }
@@ -489,6 +503,7 @@ def build_service(settings: Settings) -> PredictionService:
             timeout_seconds=settings.publish_timeout_seconds,
             max_rpcs_in_flight=settings.publish_max_rpcs_in_flight,
         ),
+        telemetry_from_env(settings.project_id, os.environ),
     )
 
 
