@@ -526,8 +526,7 @@ def test_one_call_whose_messages_together_exceed_10_mb_is_sent_in_requests_that_
     publisher = new_publisher(1)
     api.release_all()  # every response goes at once
     messages = [
-        OutgoingMessage(f"m{index}-".encode().ljust(size, b"."))
-        for index, size in enumerate(sizes)
+        OutgoingMessage(f"m{index}-".encode().ljust(size, b".")) for index, size in enumerate(sizes)
     ]
 
     ids = publisher.publish(TOPIC, messages)
