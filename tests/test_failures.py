@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -280,6 +282,36 @@ def test_model_store_unreachable_then_back(
     assert json.loads(pubsub.pull(f"{streams['output']}-sub", expected=1)[0].data)["version"] == (
         test_model.logged.run_id
     )
+
+
+@pytest.fixture
+def unanswering_store() -> Iterator[str]:
+    """The URL of a server that takes connections and never answers: a model store that hangs
+    (the kernel completes each connection; nothing ever reads or replies)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_request_waits_for_the_model_at_most_model_load_timeout_seconds(
+    serve_function: ServeFunction, test_model: ModelFixture, unanswering_store: str
+) -> None:
+    server = serve_function(
+        MODEL_URI=f"gs://models/1/{test_model.logged.run_id}/artifacts/model",
+        STORAGE_EMULATOR_HOST=unanswering_store,
+        MODEL_LOAD_TIMEOUT_SECONDS="2",
+    )
+    body = push_body(ride_message("w-1"), "w-1")
+
+    # The load hangs (the storage client waits a minute for each read), so only the bound ends
+    # each request's wait: the cold one that starts the load, and one that finds it under way.
+    for delivery in ("first", "while loading"):
+        started = time.monotonic()
+        assert deliver(server, body) == 500  # transient: Pub/Sub redelivers it
+        elapsed = time.monotonic() - started
+        # About 2 s; generous, as a request waiting for any longer bound takes 30 s or more.
+        assert elapsed < 2 + 8, f"the {delivery} delivery waited {elapsed:.1f} s for the model"
 
 
 def test_output_topic_missing_then_created(
