@@ -103,19 +103,6 @@ def serve_function(
         server.stop()
 
 
-@pytest.fixture
-def streams(pubsub: PubSubAdmin) -> dict[str, str]:
-    """Fresh output and dead-letter topics with a pull subscription each."""
-    names = {
-        "output": unique("ride-predictions"),
-        "dead_letter": unique("ride-dead-letter"),
-    }
-    for topic in names.values():
-        pubsub.create_topic(topic)
-        pubsub.create_subscription(f"{topic}-sub", topic)
-    return names
-
-
 def _oversized() -> bytes:
     return json.dumps({"ride": VALID_RIDE, "ride_id": 1, "pad": "x" * (1024 * 1024)}).encode()
 

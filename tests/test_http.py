@@ -73,16 +73,6 @@ def function_from_env(monkeypatch: pytest.MonkeyPatch) -> FunctionFromEnv:
 
 
 @pytest.fixture
-def streams(pubsub: PubSubAdmin) -> dict[str, str]:
-    """Fresh output and dead-letter topics on the emulator, each with a pull subscription."""
-    names = {"output": unique("ride-predictions"), "dead_letter": unique("ride-dead-letter")}
-    for topic in names.values():
-        pubsub.create_topic(topic)
-        pubsub.create_subscription(f"{topic}-sub", topic)
-    return names
-
-
-@pytest.fixture
 def fake_pubsub_server() -> Iterator[FakePublisherServer]:
     """A fake Pub/Sub Publish API over gRPC that answers at once (see tests/fake_pubsub_api)."""
     server = FakePublisherServer().start()
