@@ -187,7 +187,12 @@ class CloudLoggingFormatter(logging.Formatter):
         }
         fields = getattr(record, "fields", None) or {}
         entry.update(fields)
-        labels = {key: str(fields[key]) for key in self._LABEL_FIELDS if fields.get(key)}
+        # An id is a label whatever its value (ride_id 0 too); an unknown one (None, "") is not.
+        labels = {
+            key: str(fields[key])
+            for key in self._LABEL_FIELDS
+            if fields.get(key) is not None and fields[key] != ""
+        }
         if labels:
             entry["logging.googleapis.com/labels"] = labels
         if record.exc_info:

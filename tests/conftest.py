@@ -229,6 +229,17 @@ def pubsub(
 
 
 @pytest.fixture
+def streams(pubsub: PubSubAdmin) -> dict[str, str]:
+    """Fresh output and dead-letter topics on the emulator, each with a pull subscription
+    (``<topic>-sub``)."""
+    names = {"output": unique("ride-predictions"), "dead_letter": unique("ride-dead-letter")}
+    for topic in names.values():
+        pubsub.create_topic(topic)
+        pubsub.create_subscription(f"{topic}-sub", topic)
+    return names
+
+
+@pytest.fixture
 def gcs(storage_emulator: StorageEmulator, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A storage client on the emulator; MLflow reaches it via STORAGE_EMULATOR_HOST."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", storage_emulator.url)

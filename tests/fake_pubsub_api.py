@@ -19,14 +19,19 @@ This fake does the same with the server's rules that matter to the publisher:
 Tests drive concurrency with its events, never with sleeps: ``wait_for_rpcs(n)`` returns once
 ``n`` requests have reached the server, ``release(index)`` or ``release_all()`` lets held
 responses go. The fake does not apply ``retry`` (no test here needs a retried RPC).
+
+``FakePublisherServer`` serves the same fake over real gRPC, for a whole function pointed at it
+with ``PUBSUB_EMULATOR_HOST``: each RPC's deadline is then the one the server received.
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from google.api_core import exceptions
 from google.pubsub_v1.types import PublishRequest, PublishResponse
 
@@ -47,6 +52,8 @@ class Rpc:
     data: list[bytes]
     request_bytes: int
     ids: list[str]
+    # The deadline the client gave the RPC, in seconds from its arrival (None: no deadline).
+    timeout: float | None = None
     release: threading.Event = field(default_factory=threading.Event)
 
 
@@ -112,7 +119,7 @@ class FakePublisherClient:
         with self._arrived:
             first = sum(len(rpc.ids) for rpc in self.rpcs)
             ids = [f"id-{first + index}" for index in range(len(data))]
-            rpc = Rpc(raw.topic, data, request_bytes, ids)
+            rpc = Rpc(raw.topic, data, request_bytes, ids, timeout)
             self.rpcs.append(rpc)
             self.id_of.update(zip(data, ids, strict=True))
             if not self.holding:
@@ -147,3 +154,51 @@ class FakePublisherClient:
         """The data of every request that reached the server, in arrival order."""
         with self._arrived:
             return [rpc.data for rpc in self.rpcs]
+
+
+class FakePublisherServer:
+    """``google.pubsub.v1.Publisher/Publish`` over gRPC on 127.0.0.1, answered by ``api``.
+
+    Only Publish is served (the one RPC ``publisher.py`` makes). An RPC's ``timeout`` in
+    ``api.rpcs`` is the time its client had left when the request arrived (its gRPC deadline);
+    errors go back with the status the real service would send.
+    """
+
+    def __init__(self, api: FakePublisherClient | None = None) -> None:
+        self.api = api or FakePublisherClient()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        handler = grpc.method_handlers_generic_handler(
+            "google.pubsub.v1.Publisher",
+            {
+                "Publish": grpc.unary_unary_rpc_method_handler(
+                    self._publish,
+                    request_deserializer=PublishRequest.pb().FromString,
+                    response_serializer=PublishResponse.serialize,
+                )
+            },
+        )
+        self._server.add_generic_rpc_handlers((handler,))
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+
+    @property
+    def host(self) -> str:
+        """What ``PUBSUB_EMULATOR_HOST`` must hold."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> FakePublisherServer:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop at once, letting every held response go first."""
+        self.api.release_all()
+        self._server.stop(grace=None).wait()
+
+    def _publish(self, raw: Any, context: grpc.ServicerContext) -> PublishResponse:
+        try:
+            return self.api.publish(
+                request=PublishRequest.wrap(raw), timeout=context.time_remaining()
+            )
+        except exceptions.GoogleAPICallError as error:
+            context.abort(error.grpc_status_code or grpc.StatusCode.UNKNOWN, error.message)
+            raise  # not reached: abort raises

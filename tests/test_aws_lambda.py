@@ -525,3 +525,47 @@ def test_oversized_record_data_is_rejected_before_decoding(
     assert PREDICTIONS not in writer.written
     (error_line,) = [line for line in lambda_logs if line["severity"] == "ERROR"]
     assert "over the limit of 64 bytes" in error_line["reason"]
+
+
+def padded_ride(ride_id: int, size: int) -> bytes:
+    """A valid ride event of exactly ``size`` bytes of JSON (an ignored field pads it)."""
+    unpadded = json.dumps({**ride(ride_id), "pad": ""}).encode()
+    padded = json.dumps({**ride(ride_id), "pad": "x" * (size - len(unpadded))}).encode()
+    assert len(padded) == size
+    return padded
+
+
+@pytest.mark.parametrize(
+    "max_bytes",
+    [
+        pytest.param(1024 * 1024, id="default-1MiB"),
+        pytest.param(600_000, id="multiple-of-3"),
+        pytest.param(600_001, id="multiple-of-3-plus-1"),
+        pytest.param(600_002, id="multiple-of-3-plus-2"),
+    ],
+)
+def test_records_up_to_max_message_bytes_decoded_are_accepted_whatever_their_base64_length(
+    shared_loader: ModelLoader,
+    writer: InMemoryWriter,
+    lambda_logs: list[dict[str, Any]],
+    test_model: ModelFixture,
+    max_bytes: int,
+) -> None:
+    # The limit is on the decoded data (docs/design.md, MAX_MESSAGE_BYTES); the base64 Lambda
+    # delivers is a third longer, so a record at the limit arrives as ~1.33 x max_bytes chars.
+    service = make_service(
+        shared_loader, writer, dead_letter_stream_name=DEAD_LETTER, max_message_bytes=max_bytes
+    )
+    at_limit, over_limit = padded_ride(1, max_bytes), padded_ride(2, max_bytes + 1)
+
+    response = service.handle(kinesis_event(at_limit, over_limit))
+
+    assert response == {"batchItemFailures": []}
+    assert writer.json_to(PREDICTIONS) == [
+        test_model.expected_message(1, ride_features(ride(1)["ride"]))
+    ]
+    (dead_letter,) = writer.json_to(DEAD_LETTER)
+    assert dead_letter["dlq_source_sequence_number"] == sequence_number(1)
+    assert f"over the limit of {max_bytes}" in dead_letter["dlq_reason"]
+    (error_line,) = [line for line in lambda_logs if line["severity"] == "ERROR"]
+    assert error_line["sequence_number"] == sequence_number(1)

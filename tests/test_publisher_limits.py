@@ -12,6 +12,7 @@ clock involved is a caller's own timeout, in the tests about timeouts.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
@@ -87,13 +88,17 @@ class Caller(threading.Thread):
         self.publisher = publisher
         self.messages = messages
         self.result: list[str] | Exception | None = None
+        # When the call started and returned (monotonic clock).
+        self.started = self.returned = float("nan")
         self.start()
 
     def run(self) -> None:
+        self.started = time.monotonic()
         try:
             self.result = self.publisher.publish(TOPIC, self.messages)
         except Exception as error:
             self.result = error
+        self.returned = time.monotonic()
 
     def outcome(self) -> list[str] | Exception | None:
         self.join(WAIT_SECONDS)
@@ -501,6 +506,37 @@ def test_a_call_too_big_for_one_request_sends_its_requests_in_order_in_a_free_sl
     assert api.max_in_flight[TOPIC] == 2
 
 
+@pytest.mark.parametrize(
+    ("sizes", "requests"),
+    [
+        ((4 * MB, 4 * MB, 4 * MB), [2, 1]),
+        ((2_500_000,) * 4, [3, 1]),
+        ((8 * MB, 2 * MB), [1, 1]),
+    ],
+    ids=["4+4+4MB", "4x2.5MB", "8+2MB"],
+)
+def test_one_call_whose_messages_together_exceed_10_mb_is_sent_in_requests_that_fit(
+    api: FakePublisherClient,
+    new_publisher: NewPublisher,
+    sizes: tuple[int, ...],
+    requests: list[int],
+) -> None:
+    # Few messages, but too many bytes for one Publish request: the service would refuse it
+    # (InvalidArgument, never retried), and the input would come back again and again.
+    publisher = new_publisher(1)
+    api.release_all()  # every response goes at once
+    messages = [
+        OutgoingMessage(f"m{index}-".encode().ljust(size, b".")) for index, size in enumerate(sizes)
+    ]
+
+    ids = publisher.publish(TOPIC, messages)
+
+    assert ids == own_ids(api, messages)
+    assert [len(request) for request in api.requests] == requests
+    assert [d for request in api.requests for d in request] == data(messages)  # in order
+    assert all(rpc.request_bytes <= API_MAX_REQUEST_BYTES for rpc in api.rpcs)
+
+
 def test_a_call_too_big_for_one_request_waits_for_a_slot_like_any_other(
     api: FakePublisherClient, new_publisher: NewPublisher
 ) -> None:
@@ -612,6 +648,31 @@ def test_a_call_that_times_out_while_its_shared_rpc_is_in_flight_gets_publish_er
     assert_own_ids(api, [sender, *in_flight])
     # The rider's message was published although its caller got PublishError.
     assert b"rider-0" in api.id_of
+
+
+def test_a_call_that_waited_in_the_queue_still_returns_within_its_own_timeout(
+    api: FakePublisherClient, new_publisher: NewPublisher
+) -> None:
+    # PUBLISH_TIMEOUT_SECONDS bounds the whole call, queueing included (docs/design.md): the
+    # RPC a queued call is sent in may only take what is left of its caller's timeout.
+    publisher = new_publisher(1, timeout=2.0)
+    in_flight = Caller(publisher, batch("in-flight", 1))  # held until its own 2 s are up
+    api.wait_for_rpcs(1)
+    publisher.timeout_seconds = 3.0
+    (queued,) = queue_behind(api, publisher, batch("queued", 1))
+
+    assert isinstance(in_flight.outcome(), PublishError)
+    # Sent once the slot freed, about 2 s into its 3 s; its RPC is held too, past any deadline.
+    assert api.wait_for_rpcs(2)[1].data == [b"queued-0"]
+    outcome = queued.outcome()
+
+    assert isinstance(outcome, PublishError)
+    # Generous: about 3 s is right; an RPC given the full 3 s again returns after about 5 s.
+    elapsed = queued.returned - queued.started
+    assert elapsed < 3.0 + 1.0, f"a 3 s publish returned after {elapsed:.2f} s"
+    rpc_timeout = api.rpcs[1].timeout
+    assert rpc_timeout is not None
+    assert rpc_timeout < 3.0 - 1.0  # what was left of its 3 s, not all of it
 
 
 def test_max_rpcs_in_flight_must_be_positive() -> None:
