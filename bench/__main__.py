@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from bench import concurrency, report
+from bench import sizes as message_sizes
 from bench.delay_proxy import DelayProxyService
 from bench.harness import (
     BENCH_DIR,
@@ -224,6 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.concurrency_levels,
     )
     swap: dict[str, Any] = {}
+    measured_sizes: dict[str, Any] = {}
     try:
         step("starting the Pub/Sub and GCS emulators")
         pubsub.start()
@@ -252,6 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(0, len(batch_rides), sizes.batch_size)
         ]
         target = Target(PROJECT_ID)
+        measured_sizes = message_sizes.measure(rides, batches)
 
         step("priming the page cache and the emulator's JIT (untimed)")
         bare_import_seconds(sorted({m for v in variants for m in v.bare_imports}), REPO_ROOT)
@@ -351,6 +354,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": [asdict(result) for result in results],
         "levers": levers,
         "concurrency": concurrency_raw,
+        "message_sizes": measured_sizes,
         "swap": swap,
     }
 
