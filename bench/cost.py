@@ -332,7 +332,10 @@ class Scenario:
     busy_hours: float = 24.0
     min_instances: int = 0
     reject_fraction: float = 0.01
+    # The function's per-message log line (MESSAGE_LOG_LEVEL=INFO), Cloud Run's request log
+    # (kept unless a log exclusion drops it).
     log_lines: bool = True
+    request_log: bool = True
 
     @property
     def busy_seconds(self) -> float:
@@ -411,9 +414,10 @@ def logging_month(shape: Shape, scenario: Scenario, prices: Prices) -> dict[str,
     """Cloud Logging dollars a month: the function's lines, Cloud Run's request log."""
     messages = scenario.messages()
     lines = shape.log_line_bytes + shape.log_envelope_bytes if scenario.log_lines else 0.0
+    requests = shape.request_log_bytes if scenario.request_log else 0.0
     return {
         "function_lines": messages * lines / GiB * prices.logging_per_gib,
-        "request_log": messages * shape.request_log_bytes / GiB * prices.logging_per_gib,
+        "request_log": messages * requests / GiB * prices.logging_per_gib,
     }
 
 
@@ -577,20 +581,19 @@ def dataflow_month(
 # --- The physical floor -------------------------------------------------------------------
 
 
-def floor_month(shape: Shape, scenario: Scenario, billing: str, prices: Prices = PRICES) -> Bill:
-    """What no implementation of this design (a function fed by a push subscription) can avoid
-    under ``billing``: one push per message at its billed size (the 1,000-byte minimum), the
-    predictions published, pulled and written to BigQuery at their bytes (perfect batching),
-    their storage, the framework's own CPU per message billed at full utilisation, and the
-    request fee (request-based). No dead letters, no log lines (both can be turned off)."""
+def floor_month(shape: Shape, scenario: Scenario, prices: Prices = PRICES) -> Bill:
+    """What no implementation of this design (a function fed by a push subscription) can avoid:
+    one push per message at its billed size (the 1,000-byte minimum), the predictions
+    published, pulled and written to BigQuery at their bytes (perfect batching; rejected rides
+    publish nothing), their storage,
+    and functions-framework's own CPU per message on fully used instances (instance-based
+    rates: the request fee is avoidable). No dead letters, no logs (both can be turned off)."""
     messages = scenario.messages()
     histogram = shape.publish[-1][1]
-    outputs = messages * shape.rides_per_message
+    outputs = messages * shape.rides_per_message * (1 - scenario.reject_fraction)
     out_bytes = outputs * _raw_bytes_per_output(histogram, prices)
-    rate = busy_rate(DEPLOY, prices) if billing == "request" else instance_rate(DEPLOY, prices)
     items = {
-        "compute": messages * shape.framework_cpu_s * rate,
-        "requests": messages * prices.per_request if billing == "request" else 0.0,
+        "compute": messages * shape.framework_cpu_s * instance_rate(DEPLOY, prices),
         "pubsub_push": pubsub_dollars(
             messages * billed_bytes(shape.push_message_bytes, 1, prices), prices.pubsub_per_tib
         ),
@@ -602,9 +605,9 @@ def floor_month(shape: Shape, scenario: Scenario, billing: str, prices: Prices =
     return Bill(
         scenario=scenario.name,
         shape=shape.name,
-        billing=f"floor ({billing})",
+        billing="floor",
         instances=0,
-        predictions=outputs,
+        predictions=messages * shape.rides_per_message,
         items=items,
     )
 

@@ -56,7 +56,7 @@ _first_call: dict[str, float] = {}
 def _control(command: str) -> str:
     if command == "reset":
         _records.clear()
-        publish_meter.reset()
+        publish_meter.METER.reset()
     elif command.startswith("dump:"):
         report = {
             "pid": os.getpid(),
@@ -66,7 +66,7 @@ def _control(command: str) -> str:
             "first_call": _first_call,
             "packages": [name for name in WATCHED_PACKAGES if name in sys.modules],
             "records": _records,
-            "publish": publish_meter.histogram(),
+            "publish": publish_meter.METER.histogram(),
         }
         Path(command.removeprefix("dump:")).write_text(json.dumps(report))
     return command
