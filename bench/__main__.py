@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = Sizes.quick() if args.quick else Sizes()
     variants = [variant for variant in VARIANTS if variant.name in args.variants]
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     # The emulators, the training and the pushers stay off the function's CPU (see
     # harness.CPU_SPLIT); functions, bare imports and the in-process levers run on it.
     on_other_cpus()
@@ -347,6 +348,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sizes": asdict(sizes),
             "variants": {v.name: asdict(v) for v in variants},
             "seconds": round(time.perf_counter() - started, 1),
+            # Other work on the machine slows everything measured here (docs/speed.md).
+            "load": {
+                "start": load_at_start,
+                "end": os.getloadavg()[0],
+                "how": "1-minute load average (os.getloadavg) at the start and the end",
+            },
             "function_cpus": sorted(CPU_SPLIT[0]) if CPU_SPLIT else None,
             "concurrency_sizes": asdict(concurrency_sizes),
         },

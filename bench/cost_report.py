@@ -334,6 +334,7 @@ def rpcs_by_billing(
             pubsub = 2 * cost.pubsub_dollars(published / messages * MILLION, prices.pubsub_per_tib)
             request = cost.per_million_rides(entry["msgs_per_s"], 1, DEPLOY, prices)["compute"]
             instance = cost.instance_based_per_million(entry["msgs_per_s"], DEPLOY, prices)
+            batch_rides = entry.get("batch_rides_per_s", float("nan"))
             rows.append(
                 {
                     "concurrency": int(level),
@@ -345,6 +346,8 @@ def rpcs_by_billing(
                     "pubsub": pubsub,
                     "request": request + pubsub,
                     "instance": instance + pubsub,
+                    "batch_rides_per_s": batch_rides,
+                    "batch_instance": cost.instance_based_per_million(batch_rides, DEPLOY, prices),
                 }
             )
     return sorted(rows, key=lambda row: (row["concurrency"], row["rpcs"]))
@@ -358,6 +361,10 @@ def best_rpcs(rows: list[dict[str, Any]], level: int, billing: str) -> int | Non
 
 
 # --- Markdown -------------------------------------------------------------------------------
+
+
+def _count(value: float) -> str:
+    return "–" if value != value else f"{value:,.0f}"
 
 
 def _rate(value: float | None) -> str:
@@ -559,19 +566,22 @@ def _rpcs_lines(result: dict[str, Any]) -> list[str]:
         "delivery and logs do not depend on it.",
         "",
         "| concurrency | RPCs in flight | msg/s | CPU per msg (ms) | p50 (ms) | msgs per RPC "
-        "| Pub/Sub per M | request-based per M | instance-based per M |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Pub/Sub per M | request-based per M | instance-based per M "
+        "| 1,000-ride msgs (rides/s) | … instance-based per M rides |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row['concurrency']} | {row['rpcs']} | {row['msgs_per_s']:,.0f} "
             f"| {row['cpu_ms_per_msg']:.3f} | {row['latency_p50_ms']:.1f} "
             f"| {row['messages_per_rpc']:.1f} | {money(row['pubsub'])} "
-            f"| {money(row['request'])} | {money(row['instance'])} |"
+            f"| {money(row['request'])} | {money(row['instance'])} "
+            f"| {_count(row.get('batch_rides_per_s', float('nan')))} "
+            f"| {money(row.get('batch_instance', float('nan')))} |"
         )
     lines.append("")
     for level in sorted({row["concurrency"] for row in rows}):
-        if sum(1 for row in rows if row["concurrency"] == level) < 2:
+        if sum(1 for row in rows if row["concurrency"] == level) < 3:  # 1 and 4 RPCs only
             continue
         lines.append(
             f"At concurrency {level}, the smallest cap within {DEFAULT_TOLERANCE:.0%} of the "

@@ -190,7 +190,8 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any]) -> str:
             "in-process levers too); the emulators and the pushers ran on the other CPUs."
             if meta.get("function_cpus")
             else ""
-        ),
+        )
+        + _load_sentence(meta.get("load")),
         "",
         "| | " + " | ".join(names) + " | project ÷ baseline | project ÷ floor |",
         "|---|" + "---:|" * (len(names) + 2),
@@ -250,6 +251,18 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any]) -> str:
     lines += _lever_lines(summary["levers"])
     lines += _round_lines(raw, names)
     return "\n".join(lines) + "\n"
+
+
+def _load_sentence(load: dict[str, Any] | None) -> str:
+    """The machine's load during the run, as recorded in ``meta``."""
+    if not load:
+        return ""
+    figures = ", ".join(f"{key} {value:.1f}" for key, value in load.items() if key != "how")
+    return (
+        f" Machine load during the run ({load.get('how', 'load average')}): {figures}, on "
+        "CPUs other sessions share: absolute figures are slower than on a quiet machine, "
+        "ratios within a round hold better."
+    )
 
 
 def _lever_lines(levers: dict[str, Any]) -> list[str]:
