@@ -321,15 +321,12 @@ def measure_level(
         assert server.process is not None
         group = server.process.pid
         dump = log_dir / f"concurrency-{variant.name}-c{concurrency}-round{round_index}.json"
-        published = {"single": {}, "batch": {}}
-        if metered:  # forget the first request's RPC
-            probe_dump(server.port, path, dump)
+        published = {"first": _published(metered, server.port, path, dump)}
         with ClosedLoop(server.port, path, bodies, concurrency) as pushers:
             single = pushers.measure(
                 sizes.warmup_seconds, sizes.seconds, lambda: cpu_seconds_of_group(group)
             )
-        if metered:
-            published["single"] = probe_dump(server.port, path, dump)["publish"]
+        published["single"] = _published(metered, server.port, path, dump)
         batch = None
         if variant.takes_batches and batch_bodies:
             batch = fixed_work(
@@ -340,8 +337,7 @@ def measure_level(
                 max(1, -(-sizes.batch_messages // concurrency)),  # at least batch_messages
                 lambda: cpu_seconds_of_group(group),
             )
-            if metered:
-                published["batch"] = probe_dump(server.port, path, dump)["publish"]
+            published["batch"] = _published(metered, server.port, path, dump)
         peak_rss = peak_rss_of_group(group)
     finally:
         if server.process is not None:
@@ -358,9 +354,15 @@ def measure_level(
         peak_rss_bytes=peak_rss,
         max_rpcs_in_flight=max_rpcs_in_flight(server_env) if metered else None,
         publish_single=published["single"],
-        publish_batch=published["batch"],
+        publish_batch=published.get("batch", {}),
         log_lines=measured_sizes.log_line_sizes(server.log_path) if metered else {},
     )
+
+
+def _published(metered: bool, port: int, path: str, dump: Path) -> dict[str, Any]:
+    """The Publish RPCs the probe kept since the last call (``bench.publish_meter``), then
+    forgets them; nothing for a variant that is not metered."""
+    return probe_dump(port, path, dump)["publish"] if metered else {}
 
 
 def max_rpcs_in_flight(server_env: dict[str, str]) -> int:

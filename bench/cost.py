@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MiB, GiB, TiB = 2**20, 2**30, 2**40
+GiB, TiB = 2**30, 2**40
 MONTH_SECONDS = 30 * 24 * 3600
 MILLION = 1_000_000
 
@@ -47,7 +47,6 @@ BIGQUERY_PAGE = "https://cloud.google.com/bigquery/pricing"
 LOGGING_PAGE = "https://cloud.google.com/stackdriver/pricing"
 DATAFLOW_PAGE = "https://cloud.google.com/dataflow/pricing"
 AUTOSCALING_PAGE = "https://cloud.google.com/run/docs/about-instance-autoscaling"
-PRICING_PAGE = CLOUD_RUN_PAGE  # the compute table's page (results.md of earlier runs)
 
 # A level's total cost per million rides may exceed the cheapest level's by this much and still
 # be the default: past that point more concurrency saves little and adds latency and memory
