@@ -32,7 +32,7 @@ rows the subscription writes, per month kept. Free tiers are not deducted.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -506,30 +506,53 @@ def bill(
     )
 
 
-def break_even_rate(
-    shape: Shape,
-    prices: Prices = PRICES,
+def rate_above(
+    cheaper: Callable[[float], bool],
     low: float = 0.01,
     high: float = 20_000.0,
     steps: int = 4000,
 ) -> float | None:
-    """The steady rate (messages/s) above which instance-based billing stays cheaper than
-    request-based, on a log grid from ``low`` to ``high``; None if it never is by ``high``."""
+    """The lowest rate on a log grid from ``low`` to ``high`` from which ``cheaper(rate)`` holds
+    up to ``high``; None if it does not hold at ``high``."""
     rates = [low * (high / low) ** (i / (steps - 1)) for i in range(steps)]
-    cheaper = [
-        bill(shape, Scenario("x", rate), "instance", prices=prices).total
-        <= bill(shape, Scenario("x", rate), "request", prices=prices).total
-        for rate in rates
-    ]
-    if not cheaper[-1]:
+    holds = [cheaper(rate) for rate in rates]
+    if not holds[-1]:
         return None
     index = len(rates) - 1
-    while index > 0 and cheaper[index - 1]:
+    while index > 0 and holds[index - 1]:
         index -= 1
     return rates[index]
 
 
+def break_even_rate(shape: Shape, prices: Prices = PRICES) -> float | None:
+    """The steady rate (messages/s) above which instance-based billing stays cheaper than
+    request-based (up to 20,000 msg/s; None if it never is by then)."""
+
+    def instance_cheaper(rate: float) -> bool:
+        steady = Scenario("steady", rate)
+        return (
+            bill(shape, steady, "instance", prices=prices).total
+            <= bill(shape, steady, "request", prices=prices).total
+        )
+
+    return rate_above(instance_cheaper)
+
+
 # --- Dataflow, on paper -------------------------------------------------------------------
+
+
+def batched_predictions_month(shape: Shape, scenario: Scenario, prices: Prices) -> dict[str, float]:
+    """The predictions of a month published, pulled by a consumer and written to BigQuery at
+    their own bytes (batches past the 1,000-byte minimum), and stored: what a batching
+    implementation pays for them."""
+    outputs = scenario.messages() * shape.rides_per_message * (1 - scenario.reject_fraction)
+    out_bytes = outputs * _raw_bytes_per_output(shape.publish[-1][1], prices)
+    return {
+        "pubsub_publish": pubsub_dollars(out_bytes, prices.pubsub_per_tib),
+        "pubsub_pull": pubsub_dollars(out_bytes, prices.pubsub_per_tib),
+        "pubsub_bigquery": pubsub_dollars(out_bytes, prices.bigquery_subscription_per_tib),
+        "bigquery_storage": bigquery_storage_month(shape, scenario, prices),
+    }
 
 
 def dataflow_month(
@@ -554,18 +577,12 @@ def dataflow_month(
     )
     disk = workers * worker.disk_gib * prices.dataflow_disk_gib_month
     read_bytes = messages * (shape.push_message_bytes + prices.pubsub_timestamp_bytes)
-    histogram = shape.publish[-1][1]
-    outputs = messages * shape.rides_per_message * (1 - scenario.reject_fraction)
-    out_bytes = outputs * _raw_bytes_per_output(histogram, prices)
     items = {
         "compute": worker_dollars + disk,
         "streaming_engine": read_bytes / GiB * prices.dataflow_streaming_engine_per_gib,
         "pubsub_producer": pubsub_month(shape, scenario, 1, prices)["producer"],
         "pubsub_pull_input": pubsub_dollars(read_bytes, prices.pubsub_per_tib),
-        "pubsub_publish": pubsub_dollars(out_bytes, prices.pubsub_per_tib),
-        "pubsub_pull": pubsub_dollars(out_bytes, prices.pubsub_per_tib),
-        "pubsub_bigquery": pubsub_dollars(out_bytes, prices.bigquery_subscription_per_tib),
-        "bigquery_storage": bigquery_storage_month(shape, scenario, prices),
+        **batched_predictions_month(shape, scenario, prices),
     }
     return Bill(
         scenario=scenario.name,
@@ -584,22 +601,16 @@ def floor_month(shape: Shape, scenario: Scenario, prices: Prices = PRICES) -> Bi
     """What no implementation of this design (a function fed by a push subscription) can avoid:
     one push per message at its billed size (the 1,000-byte minimum), the predictions
     published, pulled and written to BigQuery at their bytes (perfect batching; rejected rides
-    publish nothing), their storage,
-    and functions-framework's own CPU per message on fully used instances (instance-based
-    rates: the request fee is avoidable). No dead letters, no logs (both can be turned off)."""
+    publish nothing), their storage, and functions-framework's own CPU per message on fully
+    used instances (instance-based rates: the request fee is avoidable). No dead letters, no
+    logs (both can be turned off)."""
     messages = scenario.messages()
-    histogram = shape.publish[-1][1]
-    outputs = messages * shape.rides_per_message * (1 - scenario.reject_fraction)
-    out_bytes = outputs * _raw_bytes_per_output(histogram, prices)
     items = {
         "compute": messages * shape.framework_cpu_s * instance_rate(DEPLOY, prices),
         "pubsub_push": pubsub_dollars(
             messages * billed_bytes(shape.push_message_bytes, 1, prices), prices.pubsub_per_tib
         ),
-        "pubsub_publish": pubsub_dollars(out_bytes, prices.pubsub_per_tib),
-        "pubsub_pull": pubsub_dollars(out_bytes, prices.pubsub_per_tib),
-        "pubsub_bigquery": pubsub_dollars(out_bytes, prices.bigquery_subscription_per_tib),
-        "bigquery_storage": bigquery_storage_month(shape, scenario, prices),
+        **batched_predictions_month(shape, scenario, prices),
     }
     return Bill(
         scenario=scenario.name,

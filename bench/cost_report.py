@@ -288,18 +288,13 @@ def dataflow_break_even(shape: Shape, prices: Prices = cost.PRICES) -> float | N
     """The steady rate above which always-on Dataflow workers cost less than the function
     under its cheaper billing mode, lean (``lean``: Dataflow writes no per-element log either);
     None if never up to 20,000 msg/s."""
-    rates = [0.01 * (2_000_000) ** (i / 799) for i in range(800)]
-    cheaper = []
-    for rate in rates:
-        scenario = Scenario("x", rate)
-        function = min(cost.bill(shape, lean(scenario), b, prices=prices).total for b in BILLINGS)
-        cheaper.append(cost.dataflow_month(shape, scenario, prices).total <= function)
-    if not cheaper[-1]:
-        return None
-    index = len(rates) - 1
-    while index > 0 and cheaper[index - 1]:
-        index -= 1
-    return rates[index]
+
+    def dataflow_cheaper(rate: float) -> bool:
+        steady = Scenario("steady", rate)
+        function = min(cost.bill(shape, lean(steady), b, prices=prices).total for b in BILLINGS)
+        return cost.dataflow_month(shape, steady, prices).total <= function
+
+    return cost.rate_above(dataflow_cheaper, steps=800)
 
 
 def log_line_share(shape: Shape, prices: Prices = cost.PRICES) -> dict[str, float]:
@@ -347,10 +342,36 @@ def rpcs_by_billing(
                     "request": request + pubsub,
                     "instance": instance + pubsub,
                     "batch_rides_per_s": batch_rides,
+                    "batch_request": cost.per_million_rides(batch_rides, 1000, DEPLOY, prices)[
+                        "compute"
+                    ],
                     "batch_instance": cost.instance_based_per_million(batch_rides, DEPLOY, prices),
                 }
             )
     return sorted(rows, key=lambda row: (row["concurrency"], row["rpcs"]))
+
+
+def minimax_rpcs(rows: list[dict[str, Any]], billing: str) -> tuple[int, float] | None:
+    """The cap whose worst excess over the cheapest cap is smallest, taken over the levels
+    where three caps or more ran and over both shapes (single-ride, 1,000-ride), with that
+    excess (0.1 = 10% over the cheapest)."""
+    levels = {row["concurrency"] for row in rows}
+    levels = {level for level in levels if sum(r["concurrency"] == level for r in rows) >= 3}
+    excess: dict[int, float] = {}
+    for level in levels:
+        at = [row for row in rows if row["concurrency"] == level]
+        for key in (billing, f"batch_{billing}"):
+            measured = [row for row in at if row.get(key, float("nan")) == row.get(key)]
+            if not measured:
+                continue
+            cheapest = min(row[key] for row in measured)
+            for row in measured:
+                worst = max(excess.get(row["rpcs"], 0.0), row[key] / cheapest - 1)
+                excess[row["rpcs"]] = worst
+    if not excess:
+        return None
+    cap = min(excess, key=lambda one: excess[one])
+    return cap, excess[cap]
 
 
 def best_rpcs(rows: list[dict[str, Any]], level: int, billing: str) -> int | None:
@@ -586,8 +607,16 @@ def _rpcs_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"At concurrency {level}, the smallest cap within {DEFAULT_TOLERANCE:.0%} of the "
             f"cheapest: request-based **{best_rpcs(rows, level, 'request')}**, instance-based "
-            f"**{best_rpcs(rows, level, 'instance')}**."
+            f"**{best_rpcs(rows, level, 'instance')}** (single rides)."
         )
+    for billing in BILLINGS:
+        chosen = minimax_rpcs(rows, billing)
+        if chosen:
+            lines.append(
+                f"{billing.capitalize()}-based, over single-ride and 1,000-ride messages: the cap "
+                f"with the smallest worst case is **{chosen[0]}**, at most {chosen[1]:.0%} over "
+                "the cheapest cap."
+            )
     return lines
 
 
