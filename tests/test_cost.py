@@ -296,3 +296,21 @@ def test_every_price_names_its_page_and_how_it_was_read() -> None:
         page, how = cost.PRICE_SOURCES[name]
         assert page.startswith("https://cloud.google.com/"), name
         assert how == "page" or how.startswith(("not ", "an older")), name
+
+
+def test_the_rpcs_default_is_the_cap_with_the_smallest_worst_case_over_both_shapes() -> None:
+    from bench.cost_report import minimax_rpcs
+
+    def row(level: int, rpcs: int, single: float, batch: float) -> dict[str, float]:
+        return {"concurrency": level, "rpcs": rpcs, "instance": single, "batch_instance": batch}
+
+    rows = [
+        # single rides: 1 is cheapest; 1,000-ride messages: 1 costs twice as much as 4
+        row(32, 1, 1.00, 2.00), row(32, 4, 1.10, 1.00), row(32, 8, 1.20, 1.10),
+        row(80, 1, 1.00, 1.50), row(80, 4, 1.05, 1.00), row(80, 8, 1.15, 1.00),
+        row(16, 1, 9.00, 9.00), row(16, 4, 1.00, 1.00),  # two caps only: not compared
+    ]  # fmt: skip
+    cap, excess = minimax_rpcs(rows, "instance")
+    assert cap == 4
+    assert excess == pytest.approx(0.10)  # 1.10 / 1.00 at 32
+    assert minimax_rpcs([], "instance") is None
