@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from bench import concurrency, report
+from bench import sizes as message_sizes
 from bench.delay_proxy import DelayProxyService
 from bench.harness import (
     BENCH_DIR,
@@ -202,6 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = Sizes.quick() if args.quick else Sizes()
     variants = [variant for variant in VARIANTS if variant.name in args.variants]
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     # The emulators, the training and the pushers stay off the function's CPU (see
     # harness.CPU_SPLIT); functions, bare imports and the in-process levers run on it.
     on_other_cpus()
@@ -224,6 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.concurrency_levels,
     )
     swap: dict[str, Any] = {}
+    measured_sizes: dict[str, Any] = {}
     try:
         step("starting the Pub/Sub and GCS emulators")
         pubsub.start()
@@ -252,6 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(0, len(batch_rides), sizes.batch_size)
         ]
         target = Target(PROJECT_ID)
+        measured_sizes = message_sizes.measure(rides, batches)
 
         step("priming the page cache and the emulator's JIT (untimed)")
         bare_import_seconds(sorted({m for v in variants for m in v.bare_imports}), REPO_ROOT)
@@ -344,6 +348,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sizes": asdict(sizes),
             "variants": {v.name: asdict(v) for v in variants},
             "seconds": round(time.perf_counter() - started, 1),
+            # Other work on the machine slows everything measured here (docs/speed.md).
+            "load": {
+                "start": load_at_start,
+                "end": os.getloadavg()[0],
+                "how": "1-minute load average (os.getloadavg) at the start and the end",
+            },
             "function_cpus": sorted(CPU_SPLIT[0]) if CPU_SPLIT else None,
             "concurrency_sizes": asdict(concurrency_sizes),
         },
@@ -351,6 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": [asdict(result) for result in results],
         "levers": levers,
         "concurrency": concurrency_raw,
+        "message_sizes": measured_sizes,
         "swap": swap,
     }
 

@@ -20,9 +20,11 @@ ratio project ÷ framework is how close the function gets to what functions-fram
 allows. Beside the project as configured (``PUBLISH_MAX_RPCS_IN_FLIGHT`` unset: the publisher's
 default, or whatever the bench's environment sets), the same project runs with
 ``PUBLISH_MAX_RPCS_IN_FLIGHT=1`` (one Publish RPC in flight per topic, the publisher before
-several were allowed): project ÷ its one-RPC self is what several RPCs in flight buy. Rounds
-interleave (framework 1, project 1, project with 1 RPC 1, framework 4, ...). ``bench.cost``
-turns the project's throughputs into billed instance time and cost.
+several were allowed): project ÷ its one-RPC self is what several RPCs in flight buy; at
+``rpc_levels``, caps of 2 and 8 run too. Rounds interleave (framework 1, project 1, project with
+1 RPC 1, framework 4, ...). For the project's runs the probe keeps every Publish RPC
+(``bench.publish_meter``): their sizes per phase, and the bytes of the function's log lines
+(``bench.sizes``), are what ``bench.cost`` bills besides the throughputs.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench import publish_meter
+from bench import sizes as measured_sizes
 from bench.harness import (
     PROBE,
     REQUEST_TIMEOUT_SECONDS,
@@ -48,6 +52,7 @@ from bench.harness import (
     on_function_cpus,
     on_other_cpus,
     percentile,
+    probe_dump,
     push_body,
     ride_bodies,
 )
@@ -62,6 +67,8 @@ FRAMEWORK, PROJECT = "framework", "project"
 # The project with one Publish RPC in flight per topic (main.settings_from_env reads it).
 PROJECT_ONE_RPC = "project-1rpc"
 MAX_RPCS_VARIABLE = "PUBLISH_MAX_RPCS_IN_FLIGHT"
+# Makes the probe keep the Publish RPCs (bench/variants/probe.py).
+PUBLISH_METER_VARIABLE = "BENCH_PUBLISH_METER"
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,9 @@ class ConcurrencySizes:
     batch_messages: int = 30
     # Levels at which the project with one RPC in flight runs too (None: every level).
     one_rpc_levels: tuple[int, ...] | None = None
+    # Other caps on Publish RPCs in flight, and the levels at which they run (billing modes).
+    other_rpc_caps: tuple[int, ...] = (2, 8)
+    rpc_levels: tuple[int, ...] = (32, 80)
 
     @classmethod
     def quick(cls) -> ConcurrencySizes:
@@ -86,6 +96,7 @@ class ConcurrencySizes:
             seconds=0.3,
             batch_messages=2,
             one_rpc_levels=(2,),
+            other_rpc_caps=(),
         )
 
 
@@ -122,6 +133,11 @@ class LevelResult:
     peak_rss_bytes: int = 0
     # The publisher's cap on Publish RPCs in flight per topic (the project's variants only).
     max_rpcs_in_flight: int | None = None
+    # The project's Publish RPCs per phase (``bench.publish_meter`` histograms) and its
+    # per-message log lines (``bench.sizes.log_line_sizes``).
+    publish_single: dict[str, Any] = field(default_factory=dict)
+    publish_batch: dict[str, Any] = field(default_factory=dict)
+    log_lines: dict[str, Any] = field(default_factory=dict)
 
 
 class ClosedLoop:
@@ -281,6 +297,9 @@ def measure_level(
         "BENCH_VARIANT": variant.module,
         THREADS_VARIABLE: str(concurrency),
     }
+    metered = variant.module == "main"
+    if metered:
+        server_env[PUBLISH_METER_VARIABLE] = "1"
     server = FunctionServer(
         server_env,
         log_dir,
@@ -301,10 +320,13 @@ def measure_level(
             first.close()
         assert server.process is not None
         group = server.process.pid
+        dump = log_dir / f"concurrency-{variant.name}-c{concurrency}-round{round_index}.json"
+        published = {"first": _published(metered, server.port, path, dump)}
         with ClosedLoop(server.port, path, bodies, concurrency) as pushers:
             single = pushers.measure(
                 sizes.warmup_seconds, sizes.seconds, lambda: cpu_seconds_of_group(group)
             )
+        published["single"] = _published(metered, server.port, path, dump)
         batch = None
         if variant.takes_batches and batch_bodies:
             batch = fixed_work(
@@ -315,6 +337,7 @@ def measure_level(
                 max(1, -(-sizes.batch_messages // concurrency)),  # at least batch_messages
                 lambda: cpu_seconds_of_group(group),
             )
+            published["batch"] = _published(metered, server.port, path, dump)
         peak_rss = peak_rss_of_group(group)
     finally:
         if server.process is not None:
@@ -329,8 +352,17 @@ def measure_level(
         batch=batch,
         batch_size=batch_size if batch is not None else 0,
         peak_rss_bytes=peak_rss,
-        max_rpcs_in_flight=max_rpcs_in_flight(server_env) if variant.module == "main" else None,
+        max_rpcs_in_flight=max_rpcs_in_flight(server_env) if metered else None,
+        publish_single=published["single"],
+        publish_batch=published.get("batch", {}),
+        log_lines=measured_sizes.log_line_sizes(server.log_path) if metered else {},
     )
+
+
+def _published(metered: bool, port: int, path: str, dump: Path) -> dict[str, Any]:
+    """The Publish RPCs the probe kept since the last call (``bench.publish_meter``), then
+    forgets them; nothing for a variant that is not metered."""
+    return probe_dump(port, path, dump)["publish"] if metered else {}
 
 
 def max_rpcs_in_flight(server_env: dict[str, str]) -> int:
@@ -340,21 +372,34 @@ def max_rpcs_in_flight(server_env: dict[str, str]) -> int:
     return int(raw) if raw else DEFAULT_MAX_RPCS_IN_FLIGHT
 
 
-def measured_variants(variants: Sequence[Variant]) -> list[Variant]:
-    """``variants``, and after the project the same project with one RPC in flight."""
+def measured_variants(variants: Sequence[Variant], other_caps: Sequence[int] = ()) -> list[Variant]:
+    """``variants``, and after the project the same project with one RPC in flight, then with
+    each of ``other_caps``."""
     measured = []
     for variant in variants:
         measured.append(variant)
         if variant.name == PROJECT:
-            measured.append(
-                replace(
-                    variant,
-                    name=PROJECT_ONE_RPC,
-                    description="main.py with PUBLISH_MAX_RPCS_IN_FLIGHT=1",
-                    env={**variant.env, MAX_RPCS_VARIABLE: "1"},
-                )
-            )
+            measured += [capped(variant, cap) for cap in (1, *other_caps)]
     return measured
+
+
+def capped(project: Variant, cap: int) -> Variant:
+    """The project with at most ``cap`` Publish RPCs in flight per topic."""
+    return replace(
+        project,
+        name=PROJECT_ONE_RPC if cap == 1 else f"{PROJECT}-{cap}rpc",
+        description=f"main.py with {MAX_RPCS_VARIABLE}={cap}",
+        env={**project.env, MAX_RPCS_VARIABLE: str(cap)},
+    )
+
+
+def runs_at(variant: Variant, concurrency: int, sizes: ConcurrencySizes) -> bool:
+    """Whether ``variant`` runs at ``concurrency``: the capped projects only at their levels."""
+    if variant.name == PROJECT_ONE_RPC:
+        return sizes.one_rpc_levels is None or concurrency in sizes.one_rpc_levels
+    if variant.name.startswith(f"{PROJECT}-"):
+        return concurrency in sizes.rpc_levels
+    return True
 
 
 def run_rounds(
@@ -379,12 +424,8 @@ def run_rounds(
     results = []
     for round_index in range(1, rounds + 1):
         for concurrency in sizes.levels:
-            for variant in measured_variants(variants):
-                if (
-                    variant.name == PROJECT_ONE_RPC
-                    and sizes.one_rpc_levels is not None
-                    and concurrency not in sizes.one_rpc_levels
-                ):
+            for variant in measured_variants(variants, sizes.other_rpc_caps):
+                if not runs_at(variant, concurrency, sizes):
                     continue
                 result = measure_level(
                     variant,
@@ -438,6 +479,9 @@ def summarise(raw_levels: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "peak_rss_mib": median([r.get("peak_rss_bytes", 0) / 2**20 for r in results]),
             "rounds": len(results),
             "max_rpcs_in_flight": results[0].get("max_rpcs_in_flight"),
+            "publish_single": publish_meter.merge(r.get("publish_single") or {} for r in results),
+            "publish_batch": publish_meter.merge(r.get("publish_batch") or {} for r in results),
+            "log_lines": measured_sizes.merge_log_sizes(r.get("log_lines") or {} for r in results),
         }
         batches = [(_window(r["batch"]), r["batch_size"]) for r in results if r.get("batch")]
         if batches:

@@ -346,6 +346,18 @@ def _dump(pusher: Pusher, path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def probe_dump(port: int, path: str, dump_path: Path) -> dict[str, Any]:
+    """What the probe of the function on ``port`` recorded since its last reset (written to
+    ``dump_path``, see bench/variants/probe.py); then reset it."""
+    pusher = Pusher(port, path)
+    try:
+        report = _dump(pusher, dump_path)
+        _control(pusher, "reset")
+    finally:
+        pusher.close()
+    return report
+
+
 def measure_variant(
     variant: Variant,
     round_index: int,

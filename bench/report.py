@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import concurrency, cost
+from bench import concurrency, cost_report
 from bench.harness import percentile
 
 MIB = 2**20
@@ -111,18 +111,33 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         ),
     ]
     concurrency_summary = concurrency.summarise(raw.get("concurrency") or [])
+    cost, allin = _costs(raw, concurrency_summary)
     return {
         "variants": variants,
         "ratios": ratios,
         "targets": targets,
         "concurrency": concurrency_summary,
-        "cost": cost.summarise(concurrency_summary) if concurrency_summary["levels"] else None,
+        "cost": cost,
+        "allin": allin,
         "batch_in_process_rides_per_s": in_process_rate,
         "levers": {
             section: _medians(values) if isinstance(values, dict) else _median(values)
             for section, values in levers.items()
         },
     }
+
+
+def _costs(
+    raw: dict[str, Any], concurrency_summary: dict[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The per-level cost table and, when the run measured message sizes, the all-in one."""
+    if not concurrency_summary["levels"]:
+        return None, None
+    cost = cost_report.concurrency_cost(concurrency_summary)
+    default, sizes = cost["default_concurrency"], raw.get("message_sizes")
+    if default is None or not sizes:
+        return cost, None
+    return cost, cost_report.allin(concurrency_summary, default, sizes)
 
 
 def _target(name: str, value: float, limit: float, higher: bool = False) -> dict[str, Any]:
@@ -175,7 +190,8 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any]) -> str:
             "in-process levers too); the emulators and the pushers ran on the other CPUs."
             if meta.get("function_cpus")
             else ""
-        ),
+        )
+        + _load_sentence(meta.get("load")),
         "",
         "| | " + " | ".join(names) + " | project ÷ baseline | project ÷ floor |",
         "|---|" + "---:|" * (len(names) + 2),
@@ -229,10 +245,24 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any]) -> str:
         lines += concurrency.markdown_lines(
             summary["concurrency"], meta, summary["cost"]["default_concurrency"]
         )
-        lines += cost.markdown_lines(summary["cost"])
+        lines += cost_report.concurrency_cost_lines(summary["cost"])
+    if summary.get("allin"):
+        lines += cost_report.allin_lines(summary["allin"])
     lines += _lever_lines(summary["levers"])
     lines += _round_lines(raw, names)
     return "\n".join(lines) + "\n"
+
+
+def _load_sentence(load: dict[str, Any] | None) -> str:
+    """The machine's load during the run, as recorded in ``meta``."""
+    if not load:
+        return ""
+    figures = ", ".join(f"{key} {value:.1f}" for key, value in load.items() if key != "how")
+    return (
+        f" Machine load during the run ({load.get('how', 'load average')}): {figures}, on "
+        "CPUs other sessions share: absolute figures are slower than on a quiet machine, "
+        "ratios within a round hold better."
+    )
 
 
 def _lever_lines(levers: dict[str, Any]) -> list[str]:

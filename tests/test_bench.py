@@ -1,7 +1,7 @@
-"""The benchmark harness runs end to end (tiny sizes; it measures nothing here) and cleans up;
-the cost arithmetic and the default-concurrency rule it reports.
+"""The benchmark harness runs end to end (tiny sizes; it measures nothing here) and cleans up.
 
-Speed itself is measured by ``make bench``, never asserted in tests.
+Speed itself is measured by ``make bench``, never asserted in tests; the cost arithmetic it
+reports is tested in test_cost.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.cost import Instance, Prices, choose_default, per_million_rides
 from devstack.stack import stack_processes
 from publisher import DEFAULT_MAX_RPCS_IN_FLIGHT
 
@@ -75,31 +74,20 @@ def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path:
     caps = {r["variant"]: r["max_rpcs_in_flight"] for r in results["concurrency"]}
     assert caps == {"framework": None, "project": DEFAULT_MAX_RPCS_IN_FLIGHT, "project-1rpc": 1}
     assert results["summary"]["cost"]["default_concurrency"] in (1, 2)
+    # What the cost model bills was measured: the Publish RPCs the project sent in each phase,
+    # its per-message log lines, the pushed messages' sizes.
+    for level in results["concurrency"]:
+        if level["variant"] == "project":
+            single = level["publish_single"]
+            assert sum(int(n) * b["rpcs"] for n, b in single.items()) >= level["single"]["ok"]
+            assert all(b["payload_bytes"] > 0 for b in single.values())
+            assert set(level["publish_batch"]) == {"50"}  # a batch's outputs in one RPC each
+            assert level["log_lines"]["single"]["lines"] >= level["single"]["ok"]
+    sizes = results["message_sizes"]
+    assert 100 < sizes["single"]["message_bytes"] < sizes["batch"]["message_bytes"]
     assert "## Concurrency" in markdown
     assert "## Cost per million rides" in markdown
+    assert "## All in: what a million predictions cost" in markdown
+    assert "### Break-even volumes" in markdown
     assert "### Several Publish RPCs in flight against one" in markdown
     assert stack_processes(work) == []
-
-
-def test_cost_per_million_rides_is_billed_instance_time_at_allocated_size_plus_requests() -> None:
-    prices = Prices(per_vcpu_second=0.00002, per_gib_second=0.000002, per_million_requests=0.5)
-
-    single = per_million_rides(500.0, 1, Instance(vcpu=1, memory_gib=0.5), prices)
-    # 1,000,000 rides at 500 rides/s keep one instance billed for 2,000 s.
-    assert single["instance_seconds"] == pytest.approx(2000)
-    assert single["compute"] == pytest.approx(2000 * (0.00002 + 0.5 * 0.000002))
-    assert single["requests"] == pytest.approx(0.5)
-    assert single["total"] == pytest.approx(single["compute"] + single["requests"])
-
-    batched = per_million_rides(20_000.0, 1000, Instance(vcpu=2, memory_gib=1), prices)
-    assert batched["instance_seconds"] == pytest.approx(50)
-    assert batched["compute"] == pytest.approx(50 * (2 * 0.00002 + 0.000002))
-    assert batched["requests"] == pytest.approx(1000 * 0.5 / 1_000_000)
-
-
-def test_the_default_concurrency_is_the_smallest_within_tolerance_of_the_cheapest() -> None:
-    totals = {1: 1.02, 8: 0.494, 16: 0.448, 32: 0.427, 80: 0.418}
-    assert choose_default(totals, tolerance=0.05) == 32
-    assert choose_default(totals, tolerance=0.10) == 16
-    assert choose_default(totals, tolerance=0.0) == 80
-    assert choose_default({1: float("nan"), 4: 0.0}) is None

@@ -57,6 +57,7 @@ def test_the_docs_exist_and_open_with_what_they_cover() -> None:
         "models.md",
         "local-stack.md",
         "speed.md",
+        "cost.md",
     ):
         assert name in names, f"docs/{name} is missing"
     for doc in DOCS[1:]:

@@ -6,7 +6,9 @@ call it records the wall time, the CPU time of the whole process (``time.process
 thread, so the Pub/Sub client's background threads count too) and the CPU time of the handling
 thread (``time.thread_time``). A push whose message has the attribute ``bench_control`` is a
 command from the harness, not a ride: ``reset`` forgets the records, ``dump:<path>`` writes them
-as JSON with the startup timeline and the heavy packages this process has imported.
+as JSON with the startup timeline and the heavy packages this process has imported. With
+``BENCH_PUBLISH_METER`` set, ``bench.publish_meter`` keeps every Publish RPC the variant sends;
+``reset`` forgets them too, and ``dump`` adds their histogram (``publish``).
 """
 
 import importlib
@@ -22,6 +24,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import functions_framework  # noqa: E402
+
+from bench import publish_meter  # noqa: E402
+
+if os.environ.get("BENCH_PUBLISH_METER"):
+    publish_meter.install()
 
 FRAMEWORK_IMPORTED = time.time()
 _variant = importlib.import_module(os.environ["BENCH_VARIANT"])
@@ -49,6 +56,7 @@ _first_call: dict[str, float] = {}
 def _control(command: str) -> str:
     if command == "reset":
         _records.clear()
+        publish_meter.METER.reset()
     elif command.startswith("dump:"):
         report = {
             "pid": os.getpid(),
@@ -58,6 +66,7 @@ def _control(command: str) -> str:
             "first_call": _first_call,
             "packages": [name for name in WATCHED_PACKAGES if name in sys.modules],
             "records": _records,
+            "publish": publish_meter.METER.histogram(),
         }
         Path(command.removeprefix("dump:")).write_text(json.dumps(report))
     return command
