@@ -38,133 +38,13 @@ from features import (
     ride_features,
 )
 from model_loader import LoadedModel, ModelLoader, bound_mlflow_http_requests
-from publisher import (
-    DEFAULT_MAX_RPCS_IN_FLIGHT,
-    MessagePublisher,
-    OutgoingMessage,
-    PubSubPublisher,
-    topic_path,
-)
+from publisher import MessagePublisher, OutgoingMessage, PubSubPublisher
+from settings import InvalidSettingError, Settings, settings_from_env
 
-DEFAULT_MODEL_NAME = "ride_duration_prediction_model"
-DEFAULT_PUBLISH_STREAM = "ride-predictions"
-# The decoded message data may hold a JSON array of up to MAX_BATCH_RIDES rides (about 100 bytes
-# each), so 1 MiB leaves room for a full batch while staying far below Pub/Sub's 10 MB.
-DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
-DEFAULT_MAX_BATCH_RIDES = 1000
-# Bounds on the waits of a request: the model load, then at most two publish calls (dead letters,
-# predictions): 20 + 2 x 10 = 40 s, inside the 60 s function timeout (see docs/failures.md).
-DEFAULT_PUBLISH_TIMEOUT_SECONDS = 10.0
-DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS = 20.0
-# How often a warm instance re-resolves a models:/<name>@<alias> (or /latest) MODEL_URI.
-DEFAULT_MODEL_REFRESH_SECONDS = 60.0
 # Pub/Sub attribute values are limited to 1024 bytes.
 _MAX_ATTRIBUTE_CHARS = 1024
 
 logger = logging.getLogger("ride_predictor")
-
-
-class MissingSettingError(RuntimeError):
-    """A required environment variable is not set."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The function's configuration, read once from the environment by ``settings_from_env``."""
-
-    model_uri: str
-    project_id: str
-    publish_stream: str = DEFAULT_PUBLISH_STREAM
-    dead_letter_stream: str | None = None
-    model_name: str = DEFAULT_MODEL_NAME
-    model_version: str | None = None
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_batch_rides: int = DEFAULT_MAX_BATCH_RIDES
-    publish_timeout_seconds: float = DEFAULT_PUBLISH_TIMEOUT_SECONDS
-    publish_max_rpcs_in_flight: int = DEFAULT_MAX_RPCS_IN_FLIGHT
-    model_load_timeout_seconds: float = DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
-    model_refresh_seconds: float = DEFAULT_MODEL_REFRESH_SECONDS
-    log_level: str = "INFO"
-    message_log_level: str = "INFO"
-
-    @property
-    def output_topic_path(self) -> str:
-        """Stream B's full topic name."""
-        return topic_path(self.project_id, self.publish_stream)
-
-    @property
-    def dead_letter_topic_path(self) -> str | None:
-        """The dead-letter topic's full name, or None when dead-lettering is off."""
-        if not self.dead_letter_stream:
-            return None
-        return topic_path(self.project_id, self.dead_letter_stream)
-
-
-def _required(environ: Mapping[str, str], *names: str) -> str:
-    for name in names:
-        if environ.get(name):
-            return environ[name]
-    raise MissingSettingError(f"set {' or '.join(names)}")
-
-
-def _number(
-    environ: Mapping[str, str], name: str, default: float, zero_allowed: bool = False
-) -> float:
-    """A number > 0 (or >= 0 when ``zero_allowed``) from ``environ[name]``."""
-    raw = environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise MissingSettingError(f"{name} must be a number, got {raw!r}") from None
-    if not (value >= 0 if zero_allowed else value > 0):
-        raise MissingSettingError(
-            f"{name} must be {'0 or more' if zero_allowed else 'positive'}, got {raw!r}"
-        )
-    return value
-
-
-def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    value = _number(environ, name, default)
-    if not float(value).is_integer():
-        raise MissingSettingError(f"{name} must be a whole number, got {environ[name]!r}")
-    return int(value)
-
-
-def _log_level(environ: Mapping[str, str], name: str) -> str:
-    level = environ.get(name, "INFO").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise MissingSettingError(f"{name} must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
-    return level
-
-
-def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
-    """Build ``Settings`` from environment variables with ``docs/design.md``'s defaults."""
-    return Settings(
-        model_uri=_required(environ, "MODEL_URI"),
-        project_id=_required(environ, "PROJECT_ID", "GOOGLE_CLOUD_PROJECT"),
-        publish_stream=environ.get("PUBLISH_STREAM") or DEFAULT_PUBLISH_STREAM,
-        dead_letter_stream=environ.get("DEAD_LETTER_STREAM") or None,
-        model_name=environ.get("MODEL_NAME") or DEFAULT_MODEL_NAME,
-        model_version=environ.get("MODEL_VERSION") or None,
-        max_message_bytes=int(_number(environ, "MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
-        max_batch_rides=int(_number(environ, "MAX_BATCH_RIDES", DEFAULT_MAX_BATCH_RIDES)),
-        publish_timeout_seconds=_number(
-            environ, "PUBLISH_TIMEOUT_SECONDS", DEFAULT_PUBLISH_TIMEOUT_SECONDS
-        ),
-        publish_max_rpcs_in_flight=_positive_int(
-            environ, "PUBLISH_MAX_RPCS_IN_FLIGHT", DEFAULT_MAX_RPCS_IN_FLIGHT
-        ),
-        model_load_timeout_seconds=_number(
-            environ, "MODEL_LOAD_TIMEOUT_SECONDS", DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
-        ),
-        model_refresh_seconds=_number(
-            environ, "MODEL_REFRESH_SECONDS", DEFAULT_MODEL_REFRESH_SECONDS, zero_allowed=True
-        ),
-        log_level=_log_level(environ, "LOG_LEVEL"),
-        message_log_level=_log_level(environ, "MESSAGE_LOG_LEVEL"),
-    )
 
 
 class CloudLoggingFormatter(logging.Formatter):
@@ -493,13 +373,25 @@ def build_service(settings: Settings) -> PredictionService:
 
 
 def get_service() -> PredictionService:
-    """The process-wide service, built from the environment on first use."""
+    """The process-wide service, built from the environment on first use.
+
+    The settings are read once, by the first request. Invalid settings fail every request
+    (HTTP 500: Pub/Sub keeps the messages) with one ERROR line naming the variable, until the
+    deployment is fixed.
+    """
     global _service
     service = _service
     if service is None:
         with _service_lock:
             if _service is None:
-                _service = build_service(settings_from_env())
+                try:
+                    settings = settings_from_env()
+                except InvalidSettingError as error:
+                    logger.error(
+                        "invalid configuration: %s", error, extra={"fields": {"reason": str(error)}}
+                    )
+                    raise
+                _service = build_service(settings)
             service = _service
     return service
 

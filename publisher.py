@@ -24,16 +24,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
+# Publish RPCs in flight per topic at most (``PUBLISH_MAX_RPCS_IN_FLIGHT``): see settings.py.
+from settings import DEFAULT_MAX_RPCS_IN_FLIGHT
+
 # The Publish API takes at most 1,000 messages and 10 MB per request; the byte budget leaves
 # room for the request's own framing.
 MAX_MESSAGES_PER_REQUEST = 1000
 MAX_BYTES_PER_REQUEST = 9 * 1000 * 1000
 # Per-message overhead counted against the byte budget besides data and attributes.
 _MESSAGE_OVERHEAD_BYTES = 64
-# Publish RPCs in flight per topic at most (``PUBLISH_MAX_RPCS_IN_FLIGHT`` in main.py): with one,
-# a call arriving during an RPC waits for it, then for its own, about two round trips; with a
-# few, it usually finds a free slot. docs/speed.md has the measurement behind the value.
-DEFAULT_MAX_RPCS_IN_FLIGHT = 4
 
 
 class PublishError(RuntimeError):
@@ -57,11 +56,6 @@ class MessagePublisher(Protocol):
     def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[str]:
         """Publish ``messages`` to ``topic`` and return their ids, or raise ``PublishError``."""
         ...
-
-
-def topic_path(project_id: str, topic: str) -> str:
-    """The full resource name of a topic (what the client calls a topic path)."""
-    return f"projects/{project_id}/topics/{topic}"
 
 
 def _default_client() -> Any:

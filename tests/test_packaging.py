@@ -31,7 +31,14 @@ from tests.conftest import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-RUNTIME_FILES = ["features.py", "main.py", "model_loader.py", "publisher.py", "requirements.txt"]
+RUNTIME_FILES = [
+    "features.py",
+    "main.py",
+    "model_loader.py",
+    "publisher.py",
+    "requirements.txt",
+    "settings.py",
+]
 SAMPLE_B64 = load_json("tutorial_event.json")["data"]["message"]["data"]
 PIP_INSTALL_TIMEOUT_SECONDS = 900
 SERVER_START_TIMEOUT_SECONDS = 120
