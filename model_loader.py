@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -129,6 +130,11 @@ def derive_version(
 
 # Serialisation formats of MLflow's sklearn flavour that ``load_model`` reads without MLflow.
 _PICKLE_FORMATS = ("cloudpickle", "pickle")
+# MLflow's switch on every loader that unpickles a model
+# (``mlflow.environment_variables.MLFLOW_ALLOW_PICKLE_DESERIALIZATION``; unset, MLflow allows it).
+# Named here rather than imported: importing MLflow to read it would cost the direct path the
+# second it exists to save (tests/test_pickle_switch.py pins the name and the default to MLflow's).
+PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 # Rows compared between the linear fast path and the pipeline before the fast path is trusted.
 _FAST_PATH_CHECK_ROWS = 512
 
@@ -278,7 +284,13 @@ def _load_directly(model_uri: str) -> tuple[dict[str, Any], Any] | None:
     paths, at a local path or on ``gs://``, needs none of it: read ``MLmodel`` (YAML), then
     unpickle the file it names, as ``mlflow.sklearn`` does. Only those two files are fetched,
     into memory: nothing is written to (in-memory) ``/tmp``.
+
+    Only while ``PICKLE_SWITCH`` is unset, where MLflow's default allows unpickling: set to any
+    value, MLflow loads the model and applies its own check to it (its parsing of the value,
+    its refusal), so a refusal here is exactly MLflow's.
     """
+    if PICKLE_SWITCH in os.environ:
+        return None
     mlmodel_bytes = _read_file(model_uri, "MLmodel")
     if mlmodel_bytes is None:
         return None
