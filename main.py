@@ -37,7 +37,12 @@ from features import (
     encode_message,
     ride_features,
 )
-from model_loader import LoadedModel, ModelLoader, bound_mlflow_http_requests
+from model_loader import (
+    LoadedModel,
+    ModelLoader,
+    bound_mlflow_http_requests,
+    redact_credentials,
+)
 from publisher import MessagePublisher, OutgoingMessage, PubSubPublisher
 from settings import InvalidSettingError, Settings, settings_from_env
 
@@ -72,7 +77,8 @@ class CloudLoggingFormatter(logging.Formatter):
         if record.exc_info:
             # A stack trace in the message is what Error Reporting picks up.
             entry["message"] += "\n" + self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # A net under the redaction at the source: no line carries a URI's credentials.
+        return redact_credentials(json.dumps(entry, default=str))
 
 
 _LOG_HANDLER_NAME = "ride_predictor_stdout_json"
