@@ -46,8 +46,16 @@ from model_loader import (
 from publisher import MessagePublisher, OutgoingMessage, PubSubPublisher
 from settings import InvalidSettingError, Settings, settings_from_env
 
-# Pub/Sub attribute values are limited to 1024 bytes.
-_MAX_ATTRIBUTE_CHARS = 1024
+# Pub/Sub attribute values are limited to 1024 bytes, and a message to 100 attributes.
+_MAX_ATTRIBUTE_BYTES = 1024
+_MAX_COPIED_ATTRIBUTES = 90  # leaves room for the dlq_* attributes and ride_id
+# Source attributes that every prediction and dead letter of the message repeats, whatever their
+# size: what consumers and `deploy.sh verify` filter on (docs/design.md).
+DEPLOY_VERIFY_ATTRIBUTE = "deploy_verify"
+_KEPT_ATTRIBUTES = ("ride_id", DEPLOY_VERIFY_ATTRIBUTE)
+# A batch element's dead letter copies the source's other attributes only when they total at
+# most this many bytes (names and values): 1,000 rejected rides must not repeat 100 KB each.
+MAX_COPIED_ATTRIBUTE_BYTES = 1024
 
 logger = logging.getLogger("ride_predictor")
 
@@ -136,8 +144,15 @@ def _decode_base64(data: Any) -> bytes:
         raise InvalidRideError(f"message data is not valid base64: {error}") from None
 
 
-def _truncate(text: str, limit: int = _MAX_ATTRIBUTE_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _truncate(text: str, limit: int = _MAX_ATTRIBUTE_BYTES) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8 (an attribute value's limit), whole
+    characters only, with an ellipsis when cut."""
+    if len(text) * 4 <= limit:  # cheap: no character takes more than 4 bytes
+        return text
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode(errors="ignore") + "…"
 
 
 class PredictionService:
@@ -237,7 +252,11 @@ class PredictionService:
             self._log_rejection(message, error, started)
             dead_letters.append(
                 dead_letter_message(
-                    message, batch.element_bytes(index), error, self.settings.max_message_bytes
+                    message,
+                    batch.element_bytes(index),
+                    error,
+                    self.settings.max_message_bytes,
+                    self.settings.source_subscription,
                 )
             )
         self._dead_letter(dead_letters)
@@ -263,6 +282,9 @@ class PredictionService:
         }
         if ride_index is not None:
             attributes["ride_index"] = str(ride_index)
+        deploy_verify = source.attributes.get(DEPLOY_VERIFY_ATTRIBUTE)
+        if deploy_verify is not None:
+            attributes[DEPLOY_VERIFY_ATTRIBUTE] = str(deploy_verify)
         return OutgoingMessage(encode_message(prediction_message), attributes)
 
     def _reject(
@@ -275,7 +297,15 @@ class PredictionService:
         """Log a permanent failure and park the message on the dead-letter topic if set."""
         self._log_rejection(message, error, started)
         self._dead_letter(
-            [dead_letter_message(message, raw, error, self.settings.max_message_bytes)]
+            [
+                dead_letter_message(
+                    message,
+                    raw,
+                    error,
+                    self.settings.max_message_bytes,
+                    self.settings.source_subscription,
+                )
+            ]
         )
 
     def _dead_letter(self, dead_letters: list[OutgoingMessage]) -> None:
@@ -321,13 +351,22 @@ class PredictionService:
 
 
 def dead_letter_message(
-    message: PubSubMessage | None, raw: bytes, error: InvalidRideError, max_bytes: int
+    message: PubSubMessage | None,
+    raw: bytes,
+    error: InvalidRideError,
+    max_bytes: int,
+    source_subscription: str | None = None,
 ) -> OutgoingMessage:
-    """The dead-letter format: the original bytes, with the source's attributes kept as they are
-    and ``dlq_*`` attributes saying why and where from (see docs/failures.md).
+    """The dead-letter format of docs/design.md ("Dead letters"): the original bytes, the
+    source's attributes and ``dlq_*`` attributes saying why and where from.
 
     Data over ``max_bytes`` is cut to that size (``dlq_truncated_from_bytes`` says so) so that
-    the dead-letter message itself always fits in a Pub/Sub publish.
+    the dead-letter message itself always fits in a Pub/Sub publish. A batch element's dead
+    letter (``error.ride_index`` set) repeats the source's attributes only when they are small
+    (``MAX_COPIED_ATTRIBUTE_BYTES``), besides ``ride_id`` and ``deploy_verify``: the dead letters
+    of a message cost at most the message plus a constant per rejected ride.
+    ``source_subscription`` (``SOURCE_SUBSCRIPTION``) names the subscription when the event
+    does not (functions-framework drops it from a raw push request).
     """
     source_data = message.data if message else None
     if not raw and isinstance(source_data, str):
@@ -336,22 +375,40 @@ def dead_letter_message(
     raw = raw[:max_bytes]
     attributes: dict[str, str] = {}
     if message is not None:
-        attributes.update(
-            (str(key), str(value))
-            for key, value in list(message.attributes.items())[:90]
-            if not str(key).startswith("dlq_")
-        )
+        attributes = _copied_attributes(message.attributes, element=error.ride_index is not None)
+    if error.ride_id is not None:  # the rejected ride's own id, as on its prediction
+        attributes["ride_id"] = _truncate(str(error.ride_id))
     attributes.update(
         dlq_reason=_truncate(error.reason),
-        dlq_source_message_id=message.message_id if message else "",
-        dlq_source_publish_time=message.publish_time if message else "",
-        dlq_source_subscription=message.subscription if message else "",
+        dlq_source_message_id=_truncate(message.message_id) if message else "",
+        dlq_source_publish_time=_truncate(message.publish_time) if message else "",
+        dlq_source_subscription=_truncate(
+            (message.subscription if message else "") or source_subscription or ""
+        ),
     )
     if error.ride_index is not None:
         attributes["dlq_ride_index"] = str(error.ride_index)
     if original_size > len(raw):
         attributes["dlq_truncated_from_bytes"] = str(original_size)
     return OutgoingMessage(raw, attributes)
+
+
+def _copied_attributes(source: Mapping[str, Any], element: bool) -> dict[str, str]:
+    """The source attributes a dead letter carries: ``_KEPT_ATTRIBUTES`` always; the others for
+    a whole message (up to ``_MAX_COPIED_ATTRIBUTES``), or for a batch element when they total
+    at most ``MAX_COPIED_ATTRIBUTE_BYTES``; ``dlq_source_attributes_omitted`` counts the rest."""
+    attributes = {
+        str(key): str(value) for key, value in source.items() if not str(key).startswith("dlq_")
+    }
+    copied = {key: attributes[key] for key in _KEPT_ATTRIBUTES if key in attributes}
+    others = [(key, value) for key, value in attributes.items() if key not in copied]
+    if not element or sum(len(k.encode()) + len(v.encode()) for k, v in others) <= (
+        MAX_COPIED_ATTRIBUTE_BYTES
+    ):
+        copied.update(others[: _MAX_COPIED_ATTRIBUTES - len(copied)])
+    if len(copied) < len(attributes):
+        copied["dlq_source_attributes_omitted"] = str(len(attributes) - len(copied))
+    return copied
 
 
 _service: PredictionService | None = None

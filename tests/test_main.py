@@ -264,6 +264,7 @@ def test_dead_letter_keeps_the_original_bytes_ids_and_attributes(
     assert dead_letter.data == original
     assert dead_letter.attributes == {
         "origin": "meter-3",
+        "ride_id": "5",  # the rejected ride's own id, as on a prediction
         "dlq_reason": "Expected `int` >= 1 - at `$.ride.PULocationID`",
         "dlq_source_message_id": "m-77",
         "dlq_source_publish_time": "2024-01-08T08:22:49.792Z",
