@@ -47,6 +47,8 @@ class Rpc:
     data: list[bytes]
     request_bytes: int
     ids: list[str]
+    # The client's timeout for the RPC, as given (seconds left, or None).
+    timeout: float | None = None
     release: threading.Event = field(default_factory=threading.Event)
 
 
@@ -112,7 +114,7 @@ class FakePublisherClient:
         with self._arrived:
             first = sum(len(rpc.ids) for rpc in self.rpcs)
             ids = [f"id-{first + index}" for index in range(len(data))]
-            rpc = Rpc(raw.topic, data, request_bytes, ids)
+            rpc = Rpc(raw.topic, data, request_bytes, ids, timeout)
             self.rpcs.append(rpc)
             self.id_of.update(zip(data, ids, strict=True))
             if not self.holding:
