@@ -35,6 +35,7 @@ from features import (
     build_prediction_message,
     decode_message,
     encode_message,
+    predictions_for,
     ride_features,
 )
 from model_loader import (
@@ -190,12 +191,13 @@ class PredictionService:
         self, message: PubSubMessage, raw: bytes, event: RideEvent, started: float
     ) -> dict[str, Any] | None:
         model = self.model_loader.get()
-        (prediction,) = model.predict([ride_features(event.ride)])
         try:
+            (prediction,) = predictions_for(model.predict([ride_features(event.ride)]), 1)
             prediction_message = build_prediction_message(
                 model.name, model.version, event.ride_id, prediction
             )
         except InvalidRideError as error:
+            error.ride_id = event.ride_id
             self._reject(message, raw, error, started)
             return None
         self.publisher.publish(
@@ -233,7 +235,11 @@ class PredictionService:
         model: LoadedModel | None = None
         if valid:
             model = self.model_loader.get()
-            predictions = model.predict([ride_features(event.ride) for _, event in valid])
+            # One prediction per ride, or the whole message fails (InvalidRideError), before
+            # anything is published.
+            predictions = predictions_for(
+                model.predict([ride_features(event.ride) for _, event in valid]), len(valid)
+            )
             model_version = _truncate(model.version)
             for (index, event), prediction in zip(valid, predictions, strict=True):
                 try:
