@@ -58,6 +58,9 @@ _KEPT_ATTRIBUTES = ("ride_id", DEPLOY_VERIFY_ATTRIBUTE)
 # most this many bytes (names and values): 1,000 rejected rides must not repeat 100 KB each.
 MAX_COPIED_ATTRIBUTE_BYTES = 1024
 
+# The only CloudEvent type the function handles (Eventarc's Pub/Sub trigger).
+PUBSUB_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
+
 logger = logging.getLogger("ride_predictor")
 
 
@@ -136,6 +139,19 @@ def _pubsub_message(event_data: Any, event_id: str) -> PubSubMessage:
     )
 
 
+def _for_the_dead_letter(event_data: Any, event_id: str) -> tuple[PubSubMessage | None, bytes]:
+    """The Pub/Sub message and decoded data an event of another type carries, if it carries one,
+    so that its dead letter keeps them."""
+    try:
+        message = _pubsub_message(event_data, event_id)
+    except InvalidRideError:
+        return None, b""
+    try:
+        return message, _decode_base64(message.data)
+    except InvalidRideError:
+        return message, b""
+
+
 def _decode_base64(data: Any) -> bytes:
     if not isinstance(data, str | bytes) or not data:
         raise InvalidRideError("Pub/Sub message has no data")
@@ -167,15 +183,23 @@ class PredictionService:
         self.publisher = publisher
         self._message_log_level = logging.getLevelName(settings.message_log_level)
 
-    def handle(self, event_data: Any, event_id: str = "") -> dict[str, Any] | list[Any] | None:
+    def handle(
+        self, event_data: Any, event_id: str = "", event_type: str = PUBSUB_EVENT_TYPE
+    ) -> dict[str, Any] | list[Any] | None:
         """Handle a CloudEvent's data; return the prediction message(s), or None if rejected.
 
-        Raises on transient failures only (``ModelLoadError``, ``PublishError``).
+        An event whose type is not ``PUBSUB_EVENT_TYPE`` is rejected (permanent), whatever it
+        carries. Raises on transient failures only (``ModelLoadError``, ``PublishError``).
         """
         started = time.perf_counter()
         message: PubSubMessage | None = None
         raw = b""
         try:
+            if event_type != PUBSUB_EVENT_TYPE:
+                message, raw = _for_the_dead_letter(event_data, event_id)
+                raise InvalidRideError(
+                    f"the event's type is {event_type!r}, not {PUBSUB_EVENT_TYPE}"
+                )
             message = _pubsub_message(event_data, event_id)
             # Pub/Sub caps messages at 10 MB, so decoding before the size check is cheap.
             raw = _decode_base64(message.data)
@@ -469,11 +493,16 @@ def get_service() -> PredictionService:
 def predict_duration(cloud_event: Any) -> dict[str, Any] | list[Any] | None:
     """Entry point: a Pub/Sub CloudEvent (or a plain dict of the same shape) in.
 
+    Only ``google.cloud.pubsub.topic.v1.messagePublished`` events are handled (functions-framework
+    turns a raw Pub/Sub push request into one); any other type is a permanent failure.
     Returns the prediction message (a list of them for a batch message), or None when the
     message was rejected as permanently invalid.
     """
     if isinstance(cloud_event, Mapping):
+        # The tutorial's dict: a type, when it has one, must be Pub/Sub's too.
         event_data, event_id = cloud_event.get("data"), cloud_event.get("id", "")
+        event_type = cloud_event.get("type", PUBSUB_EVENT_TYPE)
     else:
         event_data, event_id = cloud_event.data, cloud_event["id"]
-    return get_service().handle(event_data, str(event_id or ""))
+        event_type = cloud_event["type"]
+    return get_service().handle(event_data, str(event_id or ""), str(event_type))
