@@ -300,8 +300,9 @@ def push_body(data: bytes | str, message_id: str, attributes: dict | None = None
     ).encode()
 
 
-def deliver(server: FunctionServer, body: bytes) -> int:
-    """POST one push request to the function, as the emulator does; return the HTTP status."""
+def push(server: FunctionServer, body: bytes) -> tuple[int, str]:
+    """POST one push request to the function, as the emulator does; return the HTTP status and
+    the answer's text."""
     request = urllib.request.Request(  # noqa: S310 - a local URL
         server.push_endpoint(PROJECT_ID, "taxi-ride-streaming"),
         data=body,
@@ -309,9 +310,14 @@ def deliver(server: FunctionServer, body: bytes) -> int:
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
-            return response.status
+            return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as error:
-        return error.code
+        return error.code, error.read().decode(errors="replace")
+
+
+def deliver(server: FunctionServer, body: bytes) -> int:
+    """POST one push request to the function, as the emulator does; return the HTTP status."""
+    return push(server, body)[0]
 
 
 def function_log(server: FunctionServer) -> list[dict[str, Any]]:

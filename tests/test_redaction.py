@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import lambda_function
-from devstack.function_server import FunctionServer
 from devstack.processes import free_port, wait_until
 from model_loader import LoadedModel, ModelLoader, ModelLoadError, redact_credentials
 from tests.aws_events import SAMPLE_RIDE, kinesis_event
-from tests.conftest import PROJECT_ID, ServeFunction, push_body
+from tests.conftest import ServeFunction, push, push_body
 
 RIDE = json.dumps(
     {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 1}
@@ -148,19 +145,6 @@ def test_a_failed_refresh_redacts_its_log_line(records: list[logging.LogRecord])
     assert "http://***@mlflow:5000?access_token=***" in line.fields["reason"]  # type: ignore[attr-defined]
 
 
-def post(server: FunctionServer, body: bytes) -> tuple[int, str]:
-    request = urllib.request.Request(  # noqa: S310 - a local URL
-        server.push_endpoint(PROJECT_ID, "taxi-ride-streaming"),
-        data=body,
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
-            return response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
-
-
 @pytest.mark.emulator
 @pytest.mark.parametrize(
     "env",
@@ -187,7 +171,7 @@ def test_no_secret_reaches_the_function_output_or_its_answer(
         MLFLOW_DISABLE_TELEMETRY="true",
     )
 
-    status, answer = post(server, push_body(RIDE, "secret-1"))
+    status, answer = push(server, push_body(RIDE, "secret-1"))
 
     output = server.log_path.read_text()  # stdout and stderr, the framework's lines included
     assert status == 500
