@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # What the Cloud Function needs at runtime: exactly what .gcloudignore lets `gcloud functions
 # deploy` upload (docs/design.md, "What is deployed"); tests/test_packaging.py checks both agree.
-RUNTIME_FILES := main.py features.py model_loader.py publisher.py telemetry.py requirements.txt
+RUNTIME_FILES := main.py features.py model_loader.py publisher.py settings.py telemetry.py requirements.txt
 FUNCTION_NAME ?= ride-prediction
 DIST ?= dist
 

@@ -30,7 +30,7 @@ DEFAULT_CONCURRENCY=32
 
 # The only files the function needs; .gcloudignore lets exactly these through, and the deploy
 # step refuses to upload anything else (tests/test_packaging.py keeps the lists in sync).
-RUNTIME_FILES=(features.py main.py model_loader.py publisher.py telemetry.py requirements.txt)
+RUNTIME_FILES=(features.py main.py model_loader.py publisher.py requirements.txt settings.py telemetry.py)
 
 # The tutorial's "Before you begin" list, plus IAM for the service accounts and Cloud Resource
 # Manager for the project's number and IAM policy. Secret Manager is added when secrets are used.

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -30,6 +31,14 @@ MAX_JSON_DEPTH = 32
 MAX_RIDE_ID_CHARS = 256
 # Location ids are taxi zone numbers; the bound only keeps absurd values out of the features.
 MAX_LOCATION_ID = 2**31 - 1
+# ride_duration is a signed 32-bit integer of minutes: over 4,000 years either way, so no real
+# prediction is lost, and every consumer can hold it in a 32-bit integer (Avro and protobuf
+# int32, Java int, PostgreSQL integer) or a JavaScript number, exactly. A model that predicts
+# beyond it is broken or was given an absurd, if valid, ride (trip_distance=1e300).
+MIN_RIDE_DURATION = -(2**31)
+MAX_RIDE_DURATION = 2**31 - 1
+# How much of a bad model output a rejection's reason quotes.
+_MAX_SHOWN_CHARS = 80
 
 _INTEGER_NOTE = (
     "written as a JSON integer: the function rejects a number with a fraction or an exponent "
@@ -93,7 +102,15 @@ RideEvents = Annotated[
 class Prediction(msgspec.Struct, gc=False):
     """The prediction for one ride."""
 
-    ride_duration: Annotated[int, Meta(description="Minutes: the model's output, rounded.")]
+    ride_duration: Annotated[
+        int,
+        Meta(
+            ge=MIN_RIDE_DURATION,
+            le=MAX_RIDE_DURATION,
+            description="Minutes: the model's output, rounded; a signed 32-bit integer (a "
+            "prediction outside that range is rejected, not published).",
+        ),
+    ]
     ride_id: Annotated[RideId, Meta(description="The input event's ride_id, unchanged.")]
 
 
@@ -170,13 +187,68 @@ def build_prediction_message(
     """The output message of ``docs/design.md`` for one ride, the same on every trigger.
 
     The duration is the model's prediction rounded to whole minutes. A prediction that is not a
-    finite number can never become a valid message (JSON has no NaN; msgspec would write
-    ``null``), so it is an ``InvalidRideError``.
+    finite real number (text, None, a bool, an array, NaN, infinity: JSON has no NaN, msgspec
+    would write ``null``) or whose rounded duration is outside ``MIN_RIDE_DURATION`` to
+    ``MAX_RIDE_DURATION`` can never become a valid message, so it is an ``InvalidRideError``.
     """
+    # float, and numpy's float64 (a float subclass), skip the slower abstract check.
+    if not isinstance(prediction, float) and (
+        isinstance(prediction, bool) or not isinstance(prediction, numbers.Real)
+    ):
+        raise InvalidRideError(
+            f"the model predicted {_shown(prediction)} ({type(prediction).__name__}) for this "
+            "ride: not a number",
+            ride_id=ride_id,
+        )
     duration = float(prediction)
     if not math.isfinite(duration):
         raise InvalidRideError(f"the model predicted {duration} for this ride", ride_id=ride_id)
-    return PredictionMessage(model_name, model_version, Prediction(round(duration), ride_id))
+    minutes = round(duration)
+    if not MIN_RIDE_DURATION <= minutes <= MAX_RIDE_DURATION:
+        raise InvalidRideError(
+            f"the model predicted {duration:.6g} minutes for this ride: outside "
+            f"{MIN_RIDE_DURATION} to {MAX_RIDE_DURATION}, the bound of ride_duration",
+            ride_id=ride_id,
+        )
+    return PredictionMessage(model_name, model_version, Prediction(minutes, ride_id))
+
+
+def predictions_for(output: Any, rides: int) -> Sequence[Any]:
+    """The model's ``output`` for ``rides`` rides as one prediction per ride, in order.
+
+    Anything else (None, text, a mapping, a single number, more or fewer predictions than
+    rides) can never be matched to the rides, so it is an ``InvalidRideError`` for the whole
+    message. Each prediction is checked on its own by ``build_prediction_message``.
+    """
+    predictions: Sequence[Any] | None = None
+    if type(output) is list:
+        predictions = output
+    elif not isinstance(output, str | bytes | bytearray | Mapping):
+        try:
+            predictions = list(output)  # an array's rows, a tuple, a generator's items
+        except TypeError:
+            predictions = None
+    if predictions is None:
+        raise InvalidRideError(
+            f"the model returned {_shown(output)} for {_count(rides, 'ride')}: not one "
+            "prediction per ride"
+        )
+    if len(predictions) != rides:
+        raise InvalidRideError(
+            f"the model returned {_count(len(predictions), 'prediction')} for "
+            f"{_count(rides, 'ride')}: not one prediction per ride"
+        )
+    return predictions
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to a length fit for a reason."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN_CHARS else text[: _MAX_SHOWN_CHARS - 1] + "…"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 # One encoder and one decoder per type for the process: their methods are thread-safe since

@@ -35,137 +35,34 @@ from features import (
     build_prediction_message,
     decode_message,
     encode_message,
+    predictions_for,
     ride_features,
 )
-from model_loader import LoadedModel, ModelLoader, bound_mlflow_http_requests
-from publisher import (
-    DEFAULT_MAX_RPCS_IN_FLIGHT,
-    MessagePublisher,
-    OutgoingMessage,
-    PubSubPublisher,
-    topic_path,
+from model_loader import (
+    LoadedModel,
+    ModelLoader,
+    bound_mlflow_http_requests,
+    redact_credentials,
 )
+from publisher import MessagePublisher, OutgoingMessage, PubSubPublisher
+from settings import InvalidSettingError, Settings, settings_from_env
 from telemetry import PredictionTelemetry, reason_class, telemetry_from_env
 
-DEFAULT_MODEL_NAME = "ride_duration_prediction_model"
-DEFAULT_PUBLISH_STREAM = "ride-predictions"
-# The decoded message data may hold a JSON array of up to MAX_BATCH_RIDES rides (about 100 bytes
-# each), so 1 MiB leaves room for a full batch while staying far below Pub/Sub's 10 MB.
-DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
-DEFAULT_MAX_BATCH_RIDES = 1000
-# Bounds on the waits of a request: the model load, then at most two publish calls (dead letters,
-# predictions): 20 + 2 x 10 = 40 s, inside the 60 s function timeout (see docs/failures.md).
-DEFAULT_PUBLISH_TIMEOUT_SECONDS = 10.0
-DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS = 20.0
-# How often a warm instance re-resolves a models:/<name>@<alias> (or /latest) MODEL_URI.
-DEFAULT_MODEL_REFRESH_SECONDS = 60.0
-# Pub/Sub attribute values are limited to 1024 bytes.
-_MAX_ATTRIBUTE_CHARS = 1024
+# Pub/Sub attribute values are limited to 1024 bytes, and a message to 100 attributes.
+_MAX_ATTRIBUTE_BYTES = 1024
+_MAX_COPIED_ATTRIBUTES = 90  # leaves room for the dlq_* attributes and ride_id
+# Source attributes that every prediction and dead letter of the message repeats, whatever their
+# size: what consumers and `deploy.sh verify` filter on (docs/design.md).
+DEPLOY_VERIFY_ATTRIBUTE = "deploy_verify"
+_KEPT_ATTRIBUTES = ("ride_id", DEPLOY_VERIFY_ATTRIBUTE)
+# A batch element's dead letter copies the source's other attributes only when they total at
+# most this many bytes (names and values): 1,000 rejected rides must not repeat 100 KB each.
+MAX_COPIED_ATTRIBUTE_BYTES = 1024
+
+# The only CloudEvent type the function handles (Eventarc's Pub/Sub trigger).
+PUBSUB_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 
 logger = logging.getLogger("ride_predictor")
-
-
-class MissingSettingError(RuntimeError):
-    """A required environment variable is not set."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The function's configuration, read once from the environment by ``settings_from_env``."""
-
-    model_uri: str
-    project_id: str
-    publish_stream: str = DEFAULT_PUBLISH_STREAM
-    dead_letter_stream: str | None = None
-    model_name: str = DEFAULT_MODEL_NAME
-    model_version: str | None = None
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_batch_rides: int = DEFAULT_MAX_BATCH_RIDES
-    publish_timeout_seconds: float = DEFAULT_PUBLISH_TIMEOUT_SECONDS
-    publish_max_rpcs_in_flight: int = DEFAULT_MAX_RPCS_IN_FLIGHT
-    model_load_timeout_seconds: float = DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
-    model_refresh_seconds: float = DEFAULT_MODEL_REFRESH_SECONDS
-    log_level: str = "INFO"
-    message_log_level: str = "INFO"
-
-    @property
-    def output_topic_path(self) -> str:
-        """Stream B's full topic name."""
-        return topic_path(self.project_id, self.publish_stream)
-
-    @property
-    def dead_letter_topic_path(self) -> str | None:
-        """The dead-letter topic's full name, or None when dead-lettering is off."""
-        if not self.dead_letter_stream:
-            return None
-        return topic_path(self.project_id, self.dead_letter_stream)
-
-
-def _required(environ: Mapping[str, str], *names: str) -> str:
-    for name in names:
-        if environ.get(name):
-            return environ[name]
-    raise MissingSettingError(f"set {' or '.join(names)}")
-
-
-def _number(
-    environ: Mapping[str, str], name: str, default: float, zero_allowed: bool = False
-) -> float:
-    """A number > 0 (or >= 0 when ``zero_allowed``) from ``environ[name]``."""
-    raw = environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise MissingSettingError(f"{name} must be a number, got {raw!r}") from None
-    if not (value >= 0 if zero_allowed else value > 0):
-        raise MissingSettingError(
-            f"{name} must be {'0 or more' if zero_allowed else 'positive'}, got {raw!r}"
-        )
-    return value
-
-
-def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    value = _number(environ, name, default)
-    if not float(value).is_integer():
-        raise MissingSettingError(f"{name} must be a whole number, got {environ[name]!r}")
-    return int(value)
-
-
-def _log_level(environ: Mapping[str, str], name: str) -> str:
-    level = environ.get(name, "INFO").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise MissingSettingError(f"{name} must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
-    return level
-
-
-def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
-    """Build ``Settings`` from environment variables with ``docs/design.md``'s defaults."""
-    return Settings(
-        model_uri=_required(environ, "MODEL_URI"),
-        project_id=_required(environ, "PROJECT_ID", "GOOGLE_CLOUD_PROJECT"),
-        publish_stream=environ.get("PUBLISH_STREAM") or DEFAULT_PUBLISH_STREAM,
-        dead_letter_stream=environ.get("DEAD_LETTER_STREAM") or None,
-        model_name=environ.get("MODEL_NAME") or DEFAULT_MODEL_NAME,
-        model_version=environ.get("MODEL_VERSION") or None,
-        max_message_bytes=int(_number(environ, "MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
-        max_batch_rides=int(_number(environ, "MAX_BATCH_RIDES", DEFAULT_MAX_BATCH_RIDES)),
-        publish_timeout_seconds=_number(
-            environ, "PUBLISH_TIMEOUT_SECONDS", DEFAULT_PUBLISH_TIMEOUT_SECONDS
-        ),
-        publish_max_rpcs_in_flight=_positive_int(
-            environ, "PUBLISH_MAX_RPCS_IN_FLIGHT", DEFAULT_MAX_RPCS_IN_FLIGHT
-        ),
-        model_load_timeout_seconds=_number(
-            environ, "MODEL_LOAD_TIMEOUT_SECONDS", DEFAULT_MODEL_LOAD_TIMEOUT_SECONDS
-        ),
-        model_refresh_seconds=_number(
-            environ, "MODEL_REFRESH_SECONDS", DEFAULT_MODEL_REFRESH_SECONDS, zero_allowed=True
-        ),
-        log_level=_log_level(environ, "LOG_LEVEL"),
-        message_log_level=_log_level(environ, "MESSAGE_LOG_LEVEL"),
-    )
 
 
 class CloudLoggingFormatter(logging.Formatter):
@@ -198,7 +95,8 @@ class CloudLoggingFormatter(logging.Formatter):
         if record.exc_info:
             # A stack trace in the message is what Error Reporting picks up.
             entry["message"] += "\n" + self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # A net under the redaction at the source: no line carries a URI's credentials.
+        return redact_credentials(json.dumps(entry, default=str))
 
 
 _LOG_HANDLER_NAME = "ride_predictor_stdout_json"
@@ -247,6 +145,19 @@ def _pubsub_message(event_data: Any, event_id: str) -> PubSubMessage:
     )
 
 
+def _for_the_dead_letter(event_data: Any, event_id: str) -> tuple[PubSubMessage | None, bytes]:
+    """The Pub/Sub message and decoded data an event of another type carries, if it carries one,
+    so that its dead letter keeps them."""
+    try:
+        message = _pubsub_message(event_data, event_id)
+    except InvalidRideError:
+        return None, b""
+    try:
+        return message, _decode_base64(message.data)
+    except InvalidRideError:
+        return message, b""
+
+
 def _decode_base64(data: Any) -> bytes:
     if not isinstance(data, str | bytes) or not data:
         raise InvalidRideError("Pub/Sub message has no data")
@@ -256,8 +167,15 @@ def _decode_base64(data: Any) -> bytes:
         raise InvalidRideError(f"message data is not valid base64: {error}") from None
 
 
-def _truncate(text: str, limit: int = _MAX_ATTRIBUTE_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _truncate(text: str, limit: int = _MAX_ATTRIBUTE_BYTES) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8 (an attribute value's limit), whole
+    characters only, with an ellipsis when cut."""
+    if len(text) * 4 <= limit:  # cheap: no character takes more than 4 bytes
+        return text
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode(errors="ignore") + "…"
 
 
 class PredictionService:
@@ -276,15 +194,23 @@ class PredictionService:
         self.telemetry = telemetry or PredictionTelemetry()
         self._message_log_level = logging.getLevelName(settings.message_log_level)
 
-    def handle(self, event_data: Any, event_id: str = "") -> dict[str, Any] | list[Any] | None:
+    def handle(
+        self, event_data: Any, event_id: str = "", event_type: str = PUBSUB_EVENT_TYPE
+    ) -> dict[str, Any] | list[Any] | None:
         """Handle a CloudEvent's data; return the prediction message(s), or None if rejected.
 
-        Raises on transient failures only (``ModelLoadError``, ``PublishError``).
+        An event whose type is not ``PUBSUB_EVENT_TYPE`` is rejected (permanent), whatever it
+        carries. Raises on transient failures only (``ModelLoadError``, ``PublishError``).
         """
         started = time.perf_counter()
         message: PubSubMessage | None = None
         raw = b""
         try:
+            if event_type != PUBSUB_EVENT_TYPE:
+                message, raw = _for_the_dead_letter(event_data, event_id)
+                raise InvalidRideError(
+                    f"the event's type is {event_type!r}, not {PUBSUB_EVENT_TYPE}"
+                )
             message = _pubsub_message(event_data, event_id)
             # Pub/Sub caps messages at 10 MB, so decoding before the size check is cheap.
             raw = _decode_base64(message.data)
@@ -300,12 +226,13 @@ class PredictionService:
         self, message: PubSubMessage, raw: bytes, event: RideEvent, started: float
     ) -> dict[str, Any] | None:
         model = self.model_loader.get()
-        (prediction,) = model.predict([ride_features(event.ride)])
         try:
+            (prediction,) = predictions_for(model.predict([ride_features(event.ride)]), 1)
             prediction_message = build_prediction_message(
                 model.name, model.version, event.ride_id, prediction
             )
         except InvalidRideError as error:
+            error.ride_id = event.ride_id
             self._reject(message, raw, error, started)
             return None
         self.publisher.publish(
@@ -346,7 +273,11 @@ class PredictionService:
         model: LoadedModel | None = None
         if valid:
             model = self.model_loader.get()
-            predictions = model.predict([ride_features(event.ride) for _, event in valid])
+            # One prediction per ride, or the whole message fails (InvalidRideError), before
+            # anything is published.
+            predictions = predictions_for(
+                model.predict([ride_features(event.ride) for _, event in valid]), len(valid)
+            )
             model_version = _truncate(model.version)
             for (index, event), prediction in zip(valid, predictions, strict=True):
                 try:
@@ -365,7 +296,11 @@ class PredictionService:
             self._log_rejection(message, error, started)
             dead_letters.append(
                 dead_letter_message(
-                    message, batch.element_bytes(index), error, self.settings.max_message_bytes
+                    message,
+                    batch.element_bytes(index),
+                    error,
+                    self.settings.max_message_bytes,
+                    self.settings.source_subscription,
                 )
             )
         self._dead_letter(dead_letters)
@@ -395,6 +330,9 @@ class PredictionService:
         }
         if ride_index is not None:
             attributes["ride_index"] = str(ride_index)
+        deploy_verify = source.attributes.get(DEPLOY_VERIFY_ATTRIBUTE)
+        if deploy_verify is not None:
+            attributes[DEPLOY_VERIFY_ATTRIBUTE] = str(deploy_verify)
         return OutgoingMessage(encode_message(prediction_message), attributes)
 
     def _reject(
@@ -407,7 +345,15 @@ class PredictionService:
         """Log a permanent failure and park the message on the dead-letter topic if set."""
         self._log_rejection(message, error, started)
         self._dead_letter(
-            [dead_letter_message(message, raw, error, self.settings.max_message_bytes)]
+            [
+                dead_letter_message(
+                    message,
+                    raw,
+                    error,
+                    self.settings.max_message_bytes,
+                    self.settings.source_subscription,
+                )
+            ]
         )
 
     def _dead_letter(self, dead_letters: list[OutgoingMessage]) -> None:
@@ -454,13 +400,22 @@ class PredictionService:
 
 
 def dead_letter_message(
-    message: PubSubMessage | None, raw: bytes, error: InvalidRideError, max_bytes: int
+    message: PubSubMessage | None,
+    raw: bytes,
+    error: InvalidRideError,
+    max_bytes: int,
+    source_subscription: str | None = None,
 ) -> OutgoingMessage:
-    """The dead-letter format: the original bytes, with the source's attributes kept as they are
-    and ``dlq_*`` attributes saying why and where from (see docs/failures.md).
+    """The dead-letter format of docs/design.md ("Dead letters"): the original bytes, the
+    source's attributes and ``dlq_*`` attributes saying why and where from.
 
     Data over ``max_bytes`` is cut to that size (``dlq_truncated_from_bytes`` says so) so that
-    the dead-letter message itself always fits in a Pub/Sub publish.
+    the dead-letter message itself always fits in a Pub/Sub publish. A batch element's dead
+    letter (``error.ride_index`` set) repeats the source's attributes only when they are small
+    (``MAX_COPIED_ATTRIBUTE_BYTES``), besides ``ride_id`` and ``deploy_verify``: the dead letters
+    of a message cost at most the message plus a constant per rejected ride.
+    ``source_subscription`` (``SOURCE_SUBSCRIPTION``) names the subscription when the event
+    does not (functions-framework drops it from a raw push request).
     """
     source_data = message.data if message else None
     if not raw and isinstance(source_data, str):
@@ -469,22 +424,40 @@ def dead_letter_message(
     raw = raw[:max_bytes]
     attributes: dict[str, str] = {}
     if message is not None:
-        attributes.update(
-            (str(key), str(value))
-            for key, value in list(message.attributes.items())[:90]
-            if not str(key).startswith("dlq_")
-        )
+        attributes = _copied_attributes(message.attributes, element=error.ride_index is not None)
+    if error.ride_id is not None:  # the rejected ride's own id, as on its prediction
+        attributes["ride_id"] = _truncate(str(error.ride_id))
     attributes.update(
         dlq_reason=_truncate(error.reason),
-        dlq_source_message_id=message.message_id if message else "",
-        dlq_source_publish_time=message.publish_time if message else "",
-        dlq_source_subscription=message.subscription if message else "",
+        dlq_source_message_id=_truncate(message.message_id) if message else "",
+        dlq_source_publish_time=_truncate(message.publish_time) if message else "",
+        dlq_source_subscription=_truncate(
+            (message.subscription if message else "") or source_subscription or ""
+        ),
     )
     if error.ride_index is not None:
         attributes["dlq_ride_index"] = str(error.ride_index)
     if original_size > len(raw):
         attributes["dlq_truncated_from_bytes"] = str(original_size)
     return OutgoingMessage(raw, attributes)
+
+
+def _copied_attributes(source: Mapping[str, Any], element: bool) -> dict[str, str]:
+    """The source attributes a dead letter carries: ``_KEPT_ATTRIBUTES`` always; the others for
+    a whole message (up to ``_MAX_COPIED_ATTRIBUTES``), or for a batch element when they total
+    at most ``MAX_COPIED_ATTRIBUTE_BYTES``; ``dlq_source_attributes_omitted`` counts the rest."""
+    attributes = {
+        str(key): str(value) for key, value in source.items() if not str(key).startswith("dlq_")
+    }
+    copied = {key: attributes[key] for key in _KEPT_ATTRIBUTES if key in attributes}
+    others = [(key, value) for key, value in attributes.items() if key not in copied]
+    if not element or sum(len(k.encode()) + len(v.encode()) for k, v in others) <= (
+        MAX_COPIED_ATTRIBUTE_BYTES
+    ):
+        copied.update(others[: _MAX_COPIED_ATTRIBUTES - len(copied)])
+    if len(copied) < len(attributes):
+        copied["dlq_source_attributes_omitted"] = str(len(attributes) - len(copied))
+    return copied
 
 
 _service: PredictionService | None = None
@@ -508,18 +481,30 @@ def build_service(settings: Settings) -> PredictionService:
             timeout_seconds=settings.publish_timeout_seconds,
             max_rpcs_in_flight=settings.publish_max_rpcs_in_flight,
         ),
-        telemetry_from_env(settings.project_id, os.environ),
+        telemetry_from_env(settings.project_id, settings.metrics_export_seconds, os.environ),
     )
 
 
 def get_service() -> PredictionService:
-    """The process-wide service, built from the environment on first use."""
+    """The process-wide service, built from the environment on first use.
+
+    The settings are read once, by the first request. Invalid settings fail every request
+    (HTTP 500: Pub/Sub keeps the messages) with one ERROR line naming the variable, until the
+    deployment is fixed.
+    """
     global _service
     service = _service
     if service is None:
         with _service_lock:
             if _service is None:
-                _service = build_service(settings_from_env())
+                try:
+                    settings = settings_from_env()
+                except InvalidSettingError as error:
+                    logger.error(
+                        "invalid configuration: %s", error, extra={"fields": {"reason": str(error)}}
+                    )
+                    raise
+                _service = build_service(settings)
             service = _service
     return service
 
@@ -528,11 +513,16 @@ def get_service() -> PredictionService:
 def predict_duration(cloud_event: Any) -> dict[str, Any] | list[Any] | None:
     """Entry point: a Pub/Sub CloudEvent (or a plain dict of the same shape) in.
 
+    Only ``google.cloud.pubsub.topic.v1.messagePublished`` events are handled (functions-framework
+    turns a raw Pub/Sub push request into one); any other type is a permanent failure.
     Returns the prediction message (a list of them for a batch message), or None when the
     message was rejected as permanently invalid.
     """
     if isinstance(cloud_event, Mapping):
+        # The tutorial's dict: a type, when it has one, must be Pub/Sub's too.
         event_data, event_id = cloud_event.get("data"), cloud_event.get("id", "")
+        event_type = cloud_event.get("type", PUBSUB_EVENT_TYPE)
     else:
         event_data, event_id = cloud_event.data, cloud_event["id"]
-    return get_service().handle(event_data, str(event_id or ""))
+        event_type = cloud_event["type"]
+    return get_service().handle(event_data, str(event_id or ""), str(event_type))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -42,6 +43,67 @@ Predictor = Callable[[Sequence[dict[str, Any]]], Sequence[float]]
 
 class ModelLoadError(RuntimeError):
     """The model could not be loaded yet (a transient failure: the caller should retry)."""
+
+
+# The user-info of a URI (``scheme://user:password@``: everything up to the authority's last
+# ``@``) and a query parameter (``?name=value`` or ``&name=value``, also in a URL's path-only
+# form, as urllib3 quotes it). A backslash ends a value so that an escaped quote in JSON text
+# stays escaped.
+_USER_INFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s'\"<>\\]*@")
+_QUERY_PARAMETER = re.compile(r"(?P<head>[?&](?P<name>[^=&#?\s'\"<>\\]+)=)[^&#\s'\"<>\\]+")
+# Parameter names that hold a credential, as a whole name or as one of its parts (split at
+# ``-``, ``_`` and ``.``): access_token, X-Amz-Signature, X-Goog-Credential, sig, api_key, ...
+_CREDENTIAL_WORDS = frozenset(
+    [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "sig",
+        "signature",
+        "credential",
+        "credentials",
+        "auth",
+        "authorization",
+        "key",
+        "apikey",
+        "code",
+        "sas",
+        "session",
+        "jwt",
+        "assertion",
+    ]
+)
+_CREDENTIAL_SUFFIXES = ("token", "key", "secret", "password")
+REDACTED = "***"
+
+
+def _holds_a_credential(name: str) -> bool:
+    lowered = name.lower()
+    return lowered.endswith(_CREDENTIAL_SUFFIXES) or any(
+        part in _CREDENTIAL_WORDS for part in re.split(r"[-_.]", lowered)
+    )
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the credentials of every URI in it replaced by ``***``: user-info
+    (``http://user:secret@host`` becomes ``http://***@host``) and the values of query
+    parameters named like a credential (``?access_token=***``, ``X-Amz-Signature=***``).
+
+    Applied to every URI and every error text that may quote one before it is logged or raised
+    (a tracking server's failing request quotes its URL). Cheap on text without one.
+    """
+    if "://" not in text and "=" not in text:
+        return text
+    text = _USER_INFO.sub(rf"\g<scheme>{REDACTED}@", text)
+    return _QUERY_PARAMETER.sub(
+        lambda match: (
+            f"{match['head']}{REDACTED}" if _holds_a_credential(match["name"]) else match[0]
+        ),
+        text,
+    )
 
 
 @dataclass(frozen=True)
@@ -129,6 +191,11 @@ def derive_version(
 
 # Serialisation formats of MLflow's sklearn flavour that ``load_model`` reads without MLflow.
 _PICKLE_FORMATS = ("cloudpickle", "pickle")
+# MLflow's switch on every loader that unpickles a model
+# (``mlflow.environment_variables.MLFLOW_ALLOW_PICKLE_DESERIALIZATION``; unset, MLflow allows it).
+# Named here rather than imported: importing MLflow to read it would cost the direct path the
+# second it exists to save (tests/test_pickle_switch.py pins the name and the default to MLflow's).
+PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 # Rows compared between the linear fast path and the pipeline before the fast path is trusted.
 _FAST_PATH_CHECK_ROWS = 512
 
@@ -278,7 +345,13 @@ def _load_directly(model_uri: str) -> tuple[dict[str, Any], Any] | None:
     paths, at a local path or on ``gs://``, needs none of it: read ``MLmodel`` (YAML), then
     unpickle the file it names, as ``mlflow.sklearn`` does. Only those two files are fetched,
     into memory: nothing is written to (in-memory) ``/tmp``.
+
+    Only while ``PICKLE_SWITCH`` is unset, where MLflow's default allows unpickling: set to any
+    value, MLflow loads the model and applies its own check to it (its parsing of the value,
+    its refusal), so a refusal here is exactly MLflow's.
     """
+    if PICKLE_SWITCH in os.environ:
+        return None
     mlmodel_bytes = _read_file(model_uri, "MLmodel")
     if mlmodel_bytes is None:
         return None
@@ -361,7 +434,7 @@ def load_model(model_uri: str, model_name: str, version_override: str | None) ->
         "model loaded",
         extra={
             "fields": {
-                "model_uri": model_uri,
+                "model_uri": redact_credentials(model_uri),
                 "model_version": loaded.version,
                 "flavor": flavor,
                 "mlflow": direct is None,
@@ -476,7 +549,8 @@ class ModelLoader:
             return pending.result(timeout=self.load_timeout_seconds)
         except FutureTimeoutError:
             raise ModelLoadError(
-                f"model {self.model_uri} is still loading after {self.load_timeout_seconds}s"
+                f"model {redact_credentials(self.model_uri)} is still loading after "
+                f"{self.load_timeout_seconds}s"
             ) from None
 
     def _load_into(self, pending: Future[LoadedModel]) -> None:
@@ -484,15 +558,15 @@ class ModelLoader:
             uri, _ = resolve_once(self.model_uri, self._resolve)
             model = self._load(uri, self.model_name, self.version_override)
         except Exception as error:  # any failure is transient here: retried on next request
+            # The error may quote a URL with its credentials (a tracking server's request): only
+            # its redacted text goes on, never the error itself (its traceback would be logged).
+            uri, reason = redact_credentials(self.model_uri), redact_credentials(repr(error))
             logger.error(
-                "model load failed",
-                extra={"fields": {"model_uri": self.model_uri, "reason": repr(error)}},
+                "model load failed", extra={"fields": {"model_uri": uri, "reason": reason}}
             )
             with self._lock:
                 self._pending = None
-            failure = ModelLoadError(f"cannot load model {self.model_uri}: {error!r}")
-            failure.__cause__ = error
-            pending.set_exception(failure)
+            pending.set_exception(ModelLoadError(f"cannot load model {uri}: {reason}"))
             return
         # The model and the libraries just imported stay for the life of the instance: move
         # them out of the garbage collector's sight. Its full collections otherwise walk them
@@ -544,7 +618,7 @@ class ModelLoader:
                 "model swapped",
                 extra={
                     "fields": {
-                        "model_uri": self.model_uri,
+                        "model_uri": redact_credentials(self.model_uri),
                         "from_version": current_version,
                         "model_version": version,
                         "load_ms": round((time.perf_counter() - started) * 1000, 1),
@@ -561,9 +635,9 @@ class ModelLoader:
                 "model refresh failed: still serving the current version",
                 extra={
                     "fields": {
-                        "model_uri": self.model_uri,
+                        "model_uri": redact_credentials(self.model_uri),
                         "model_version": current_version,
-                        "reason": repr(error),
+                        "reason": redact_credentials(repr(error)),
                     }
                 },
             )

@@ -14,6 +14,10 @@ thread, what is queued for that topic (up to one request's limits); calls that f
 busy queue up and go together in the next RPC once a slot frees. An idle instance therefore
 publishes with one RPC and no wait, and a busy one sends fewer, larger RPCs, without waiting
 for one round trip per RPC ahead of it (see docs/speed.md, for the measurements).
+
+Each call keeps its own deadline when it shares an RPC: the RPC runs until the latest deadline
+among its calls, sent on that call's thread, and every other call waits for the outcome until
+its own deadline. A call with a short timeout never cuts the RPC of a call with a longer one.
 """
 
 from __future__ import annotations
@@ -24,16 +28,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
+# Publish RPCs in flight per topic at most (``PUBLISH_MAX_RPCS_IN_FLIGHT``): see settings.py.
+from settings import DEFAULT_MAX_RPCS_IN_FLIGHT
+
 # The Publish API takes at most 1,000 messages and 10 MB per request; the byte budget leaves
 # room for the request's own framing.
 MAX_MESSAGES_PER_REQUEST = 1000
 MAX_BYTES_PER_REQUEST = 9 * 1000 * 1000
 # Per-message overhead counted against the byte budget besides data and attributes.
 _MESSAGE_OVERHEAD_BYTES = 64
-# Publish RPCs in flight per topic at most (``PUBLISH_MAX_RPCS_IN_FLIGHT`` in main.py): with one,
-# a call arriving during an RPC waits for it, then for its own, about two round trips; with a
-# few, it usually finds a free slot. docs/speed.md has the measurement behind the value.
-DEFAULT_MAX_RPCS_IN_FLIGHT = 4
 
 
 class PublishError(RuntimeError):
@@ -57,11 +60,6 @@ class MessagePublisher(Protocol):
     def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[str]:
         """Publish ``messages`` to ``topic`` and return their ids, or raise ``PublishError``."""
         ...
-
-
-def topic_path(project_id: str, topic: str) -> str:
-    """The full resource name of a topic (what the client calls a topic path)."""
-    return f"projects/{project_id}/topics/{topic}"
 
 
 def _default_client() -> Any:
@@ -98,7 +96,7 @@ def request_chunks(messages: Sequence[OutgoingMessage]) -> Iterator[Sequence[Out
 class _Call:
     """One ``publish`` call waiting in its topic's queue; its sender fills in the outcome."""
 
-    __slots__ = ("deadline", "error", "ids", "messages", "size", "wakeup")
+    __slots__ = ("deadline", "error", "ids", "messages", "size", "to_send", "wakeup")
 
     def __init__(
         self,
@@ -112,6 +110,8 @@ class _Call:
         self.deadline = deadline
         self.ids: list[str] | None = None
         self.error: BaseException | None = None
+        # The batch this call's thread must send, once one is taken for it (see _take_batch).
+        self.to_send: list[_Call] | None = None
         # Its own condition on the publisher's lock: a sender wakes exactly the calls it
         # finished and the one that sends next, not every waiting thread.
         self.wakeup = threading.Condition(lock)
@@ -185,15 +185,20 @@ class PubSubPublisher:
     def _publish_queued(
         self, topic: str, messages: Sequence[OutgoingMessage], size: int, deadline: float
     ) -> list[str]:
-        """Queue one call that fits in a request; send when it heads the queue and a slot is
-        free, or wait for the sender that took it.
+        """Queue one call that fits in a request; send when a batch is handed to it, or wait for
+        the sender of the batch that took it, until its own deadline.
 
-        Only the head of a topic's queue sends, and what it sends starts with its own call, so
-        every queued call's thread is waiting on its condition: a notification to the head is
-        never lost. Whenever the head or the number of RPCs in flight changes (a batch taken,
-        an RPC finished, the head timed out), ``_wake_next_sender`` wakes the new head if a slot
-        is free; a head woken twice takes one slot and wakes the next head, so no free slot is
-        left idle while calls queue.
+        Only the head of a topic's queue takes a batch, and what it takes starts with its own
+        call, so every queued call's thread is waiting on its condition: a notification to the
+        head is never lost. Whenever the head or the number of RPCs in flight changes (a batch
+        taken, an RPC finished, the head timed out), ``_wake_next_sender`` wakes the new head if
+        a slot is free; a head woken twice takes one slot and wakes the next head, so no free
+        slot is left idle while calls queue.
+
+        The batch is sent by the thread of its call with the latest deadline, with that deadline
+        (the head's own thread when it is alone or has it): each call then waits for the outcome
+        until its own deadline and no later, and no call fails earlier than its own timeout
+        because it shares an RPC with a call whose time runs out sooner.
         """
         call = _Call(messages, size, deadline, self._state)
         with self._state:
@@ -202,18 +207,31 @@ class PubSubPublisher:
             while True:
                 if call.finished:
                     return self._outcome(call, topic)
+                if call.to_send is not None:
+                    break
                 now = time.monotonic()
                 if now >= deadline:
                     self._abandon(topic, call)
                     raise self._timed_out(topic)
-                if queue[0] is call and self._in_flight.get(topic, 0) < self.max_rpcs_in_flight:
-                    break
+                if (
+                    queue
+                    and queue[0] is call
+                    and self._in_flight.get(topic, 0) < self.max_rpcs_in_flight
+                ):
+                    batch = self._take_batch(topic, now)
+                    self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
+                    self._wake_next_sender(topic)
+                    sender = max(batch, key=lambda queued: queued.deadline)
+                    if sender.deadline <= deadline:
+                        sender = call  # no hand-over when its own deadline is the latest
+                    sender.to_send = batch
+                    if sender is call:
+                        break
+                    sender.wakeup.notify()
+                    continue
                 call.wakeup.wait(deadline - now)
-            batch = self._take_batch(topic, now)
-            self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
-            self._wake_next_sender(topic)
-        self._send_batch(topic, batch, deadline)
-        return self._outcome(call, topic)  # its own call is the first of the batch
+        self._send_batch(topic, call.to_send, deadline)
+        return self._outcome(call, topic)
 
     def _send_batch(self, topic: str, batch: list[_Call], deadline: float) -> None:
         """Send the calls of ``batch`` in one RPC and hand each its ids or the error."""

@@ -66,7 +66,8 @@ _REASON_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("json", r"^message data is not valid JSON"),
         ("too_deep", r"^JSON nests deeper than"),
         ("batch_too_large", r"^message holds \d+ rides, over the limit"),
-        ("prediction", r"^the model predicted "),
+        ("prediction", r"^the model (predicted|returned) "),
+        ("event_type", r"^the event's type is "),
         # msgspec's validation errors: a type, a bound or a missing field, often with a path.
         ("schema", r"^(Expected |Object missing required field |Integer value out of range)"),
     )
@@ -84,7 +85,7 @@ def reason_class(reason: str) -> str:
 
 @dataclass(frozen=True)
 class TelemetrySettings:
-    """Whether and how often this instance writes its metrics (read by ``settings_from_env``)."""
+    """Whether and how often this instance writes its metrics (see ``telemetry_settings``)."""
 
     project_id: str
     export_seconds: float = DEFAULT_EXPORT_SECONDS
@@ -97,15 +98,11 @@ class TelemetrySettings:
         return self.service is not None and self.export_seconds > 0
 
 
-def settings_from_env(project_id: str, environ: Mapping[str, str]) -> TelemetrySettings:
-    """``METRICS_EXPORT_SECONDS`` (default 60, 0 = off) and Cloud Run's ``K_SERVICE``."""
-    raw = environ.get("METRICS_EXPORT_SECONDS") or ""
-    try:
-        export_seconds = float(raw) if raw else DEFAULT_EXPORT_SECONDS
-    except ValueError:
-        export_seconds = -1.0
-    if not export_seconds >= 0 or export_seconds == float("inf"):
-        raise ValueError(f"METRICS_EXPORT_SECONDS must be 0 or more, got {raw!r}")
+def telemetry_settings(
+    project_id: str, export_seconds: float, environ: Mapping[str, str]
+) -> TelemetrySettings:
+    """The export period (``METRICS_EXPORT_SECONDS``, read with the other settings in
+    ``settings.py``) with what Cloud Run tells the instance: ``K_SERVICE``, ``K_REVISION``."""
     return TelemetrySettings(
         project_id=project_id,
         export_seconds=export_seconds,
@@ -371,11 +368,12 @@ def cloud_run_resource(settings: TelemetrySettings) -> Resource:
 
 def telemetry_from_env(
     project_id: str,
+    export_seconds: float,
     environ: Mapping[str, str],
     exporter: Callable[[TelemetrySettings], MetricsExporter] = CloudMonitoringExporter,
 ) -> PredictionTelemetry:
     """The deployed function's telemetry: exporting on Cloud Run, counting only elsewhere."""
-    settings = settings_from_env(project_id, environ)
+    settings = telemetry_settings(project_id, export_seconds, environ)
     if not settings.exports:
         return PredictionTelemetry()
     telemetry = PredictionTelemetry(exporter(settings), export_seconds=settings.export_seconds)

@@ -29,6 +29,7 @@ CONTENTS: tuple[tuple[Path, str], ...] = (
     (AWS_DIR / "kinesis_writer.py", "kinesis_writer.py"),
     (REPO_ROOT / "features.py", "features.py"),
     (REPO_ROOT / "model_loader.py", "model_loader.py"),
+    (REPO_ROOT / "settings.py", "settings.py"),
     (AWS_DIR / "requirements.txt", "requirements.txt"),
 )
 

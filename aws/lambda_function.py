@@ -9,7 +9,8 @@ Kinesis stream ``PREDICTIONS_STREAM_NAME``, one record per ride, partitioned by 
 Failures follow ``docs/design.md``, mapped onto Kinesis' partial batch responses
 (``FunctionResponseTypes=["ReportBatchItemFailures"]`` on the event source mapping):
 
-* permanent (bad base64, JSON, shape or values; the model predicting NaN): one ERROR log line,
+* permanent (bad base64, JSON, shape or values; a model output that is not a number in the bound
+  of ``ride_duration``, or not one per record): one ERROR log line,
   the record goes to ``DEAD_LETTER_STREAM_NAME`` when it is set, and it is *not* reported, so
   the shard moves past it;
 * transient (the model cannot be loaded yet, a prediction or dead-letter record not written
@@ -37,6 +38,7 @@ from features import (
     build_prediction_message,
     decode_message,
     encode_message,
+    predictions_for,
     ride_features,
 )
 from kinesis_event import KinesisRecord, batch_response, decode_data, kinesis_records
@@ -212,10 +214,22 @@ class KinesisPredictionService:
     def _predict(
         self, model: LoadedModel, accepted: list[_Accepted]
     ) -> tuple[list[tuple[_Accepted, PredictionMessage]], list[_Rejected]]:
-        """Predict the whole batch in one model call; a non-finite prediction is permanent."""
-        predictions = model.predict([ride_features(item.event.ride) for item in accepted])
+        """Predict the whole batch in one model call. A prediction that is not a finite number
+        in ``ride_duration``'s bound is permanent for its record; an output that is not one
+        prediction per ride, for every record of the call."""
         predicted: list[tuple[_Accepted, PredictionMessage]] = []
         unpredictable: list[_Rejected] = []
+        try:
+            predictions = predictions_for(
+                model.predict([ride_features(item.event.ride) for item in accepted]),
+                len(accepted),
+            )
+        except InvalidRideError as error:
+            for item in accepted:
+                unpredictable.append(
+                    _Rejected(item.position, item.record, error, item.event.ride_id)
+                )
+            return predicted, unpredictable
         for item, prediction in zip(accepted, predictions, strict=True):
             try:
                 predicted.append(

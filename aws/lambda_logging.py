@@ -1,7 +1,8 @@
 """JSON log lines for CloudWatch Logs, one object per line.
 
 The same shape as the Cloud Function's ``main.CloudLoggingFormatter`` (``severity``, ``message``,
-``time``, ``logger`` and the record's ``extra={"fields": {...}}`` merged in), so one log query
+``time``, ``logger`` and the record's ``extra={"fields": {...}}`` merged in, URI credentials
+redacted), so one log query
 style works on both clouds. A copy rather than an import: ``main`` imports functions-framework and
 the Pub/Sub client, which the Lambda neither ships nor needs. CloudWatch Logs Insights discovers
 the fields of JSON lines by itself (``filter ride_id = "123"``), so no labels object is added.
@@ -14,6 +15,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from model_loader import redact_credentials
 
 HANDLER_NAME = "ride_predictor_lambda_json"
 
@@ -31,7 +34,8 @@ class JsonLineFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             entry["message"] += "\n" + self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # A net under the redaction at the source: no line carries a URI's credentials.
+        return redact_credentials(json.dumps(entry, default=str))
 
 
 def install_log_handler(logger: logging.Logger, level: str) -> None:

@@ -50,6 +50,7 @@ from bench.variants import contract_before
 from devstack.function_server import FunctionServer
 from model_loader import ModelLoader, load_model
 from publisher import OutgoingMessage, PubSubPublisher
+from settings import DEFAULT_MODEL_NAME
 
 TOPIC = "ride-predictions"
 # Suffix of the figures of the handler as it was before issue 12 (the typed schemas).
@@ -230,7 +231,7 @@ def publish_levers(rounds: int, calls: int) -> dict[str, list[float]]:
 
 def handler_levers(model_dir: Path, rounds: int, calls: int, real_publish: bool) -> dict[str, Any]:
     """``PredictionService.handle`` in process: µs per single-ride message, ms per 1,000 rides."""
-    loader = ModelLoader(str(model_dir), main.DEFAULT_MODEL_NAME)
+    loader = ModelLoader(str(model_dir), DEFAULT_MODEL_NAME)
     loader.get()
     settings = main.Settings(model_uri=str(model_dir), project_id=os.environ["PROJECT_ID"])
     services: dict[str, Any] = {
@@ -321,7 +322,7 @@ def contract_levers(rounds: int, calls: int) -> dict[str, list[float]]:
     """CPU µs of the message contract's own work, msgspec against the code before issue 12."""
     single = json.dumps(rides(1, seed=7)[0]).encode()
     batch = json.dumps(rides(1000, seed=8)).encode()
-    name, version = main.DEFAULT_MODEL_NAME, "v" * 32
+    name, version = DEFAULT_MODEL_NAME, "v" * 32
     prefix = contract_before.model_constants(
         contract_before.LoadedModel(name, version, "", "", lambda rows: rows)
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from cloudevents.http import CloudEvent
 
 import main
 from devstack.emulators import PubSubEmulator, StorageEmulator
+from devstack.function_server import FunctionServer
 from devstack.moto_server import MotoServer
 from devstack.pubsub_admin import PubSubAdmin
 from devstack.storage import storage_client
@@ -290,3 +293,77 @@ def second_model(
         artifact_location=str(tmp_path_factory.mktemp("artifacts-v2")),
     )
     return ModelFixture(logged, trained_v2.pipeline)
+
+
+def push_body(data: bytes | str, message_id: str, attributes: dict | None = None) -> bytes:
+    """The body of a Pub/Sub push request (``data`` is base64-encoded unless already a str)."""
+    encoded = data if isinstance(data, str) else base64.b64encode(data).decode()
+    return json.dumps(
+        {
+            "message": {
+                "data": encoded,
+                "messageId": message_id,
+                "publishTime": "2024-01-08T08:22:49.792Z",
+                "attributes": attributes or {},
+            },
+            "subscription": f"projects/{PROJECT_ID}/subscriptions/taxi-ride-streaming-push",
+        }
+    ).encode()
+
+
+def push(server: FunctionServer, body: bytes) -> tuple[int, str]:
+    """POST one push request to the function, as the emulator does; return the HTTP status and
+    the answer's text."""
+    request = urllib.request.Request(  # noqa: S310 - a local URL
+        server.push_endpoint(PROJECT_ID, "taxi-ride-streaming"),
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+
+
+def deliver(server: FunctionServer, body: bytes) -> int:
+    """POST one push request to the function, as the emulator does; return the HTTP status."""
+    return push(server, body)[0]
+
+
+def function_log(server: FunctionServer) -> list[dict[str, Any]]:
+    """The function's JSON log lines (other lines, e.g. gunicorn's, are skipped)."""
+    lines = []
+    for line in server.log_path.read_text().splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines
+
+
+ServeFunction = Callable[..., FunctionServer]
+
+
+@pytest.fixture
+def serve_function(
+    pubsub_emulator: PubSubEmulator, storage_emulator: StorageEmulator, tmp_path: Path
+) -> Iterator[ServeFunction]:
+    """Start functions-framework processes wired to the emulators; all stopped afterwards."""
+    servers: list[FunctionServer] = []
+
+    def start(**env: str) -> FunctionServer:
+        server = FunctionServer(
+            {
+                "PROJECT_ID": PROJECT_ID,
+                "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
+                "STORAGE_EMULATOR_HOST": storage_emulator.url,
+                **env,
+            },
+            tmp_path,
+            log_name=f"function-{len(servers)}.log",
+        )
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -7,11 +7,11 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 import lambda_function
 import main
@@ -495,8 +495,8 @@ def test_settings_read_every_variable() -> None:
     [
         ({}, "MODEL_URI"),
         ({"MODEL_URI": ""}, "MODEL_URI"),
-        ({"MODEL_URI": "m", "MODEL_LOAD_TIMEOUT_SECONDS": "soon"}, "must be a number"),
-        ({"MODEL_URI": "m", "MODEL_LOAD_TIMEOUT_SECONDS": "0"}, "must be positive"),
+        ({"MODEL_URI": "m", "MODEL_LOAD_TIMEOUT_SECONDS": "soon"}, "SECONDS=.soon. is invalid"),
+        ({"MODEL_URI": "m", "MODEL_LOAD_TIMEOUT_SECONDS": "0"}, "SECONDS=.0. is invalid"),
         ({"MODEL_URI": "m", "LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
     ],
     ids=["unset", "empty", "not-number", "zero", "bad-level"],

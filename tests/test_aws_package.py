@@ -29,6 +29,7 @@ EXPECTED_NAMES = [
     "lambda_settings.py",
     "model_loader.py",
     "requirements.txt",
+    "settings.py",
 ]
 
 # Run in a fresh interpreter with only the unzipped folder added to the path (-I drops the

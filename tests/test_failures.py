@@ -7,100 +7,37 @@ visible: 2xx acks the message, anything else makes Pub/Sub deliver it again.
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devstack.emulators import PubSubEmulator, StorageEmulator
-from devstack.function_server import FunctionServer
 from devstack.processes import free_port
 from devstack.pubsub_admin import PubSubAdmin
 from devstack.storage import upload_directory
-from main import DEFAULT_MAX_MESSAGE_BYTES
-from tests.conftest import PROJECT_ID, ModelFixture, ride_features, unique
+from settings import DEFAULT_MAX_MESSAGE_BYTES
+from tests.conftest import (
+    PROJECT_ID,
+    ModelFixture,
+    ServeFunction,
+    deliver,
+    function_log,
+    push_body,
+    ride_features,
+    unique,
+)
 
 VALID_RIDE = {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}
 
 
-def push_body(data: bytes | str, message_id: str, attributes: dict | None = None) -> bytes:
-    """The body of a Pub/Sub push request (``data`` is base64-encoded unless already a str)."""
-    encoded = data if isinstance(data, str) else base64.b64encode(data).decode()
-    return json.dumps(
-        {
-            "message": {
-                "data": encoded,
-                "messageId": message_id,
-                "publishTime": "2024-01-08T08:22:49.792Z",
-                "attributes": attributes or {},
-            },
-            "subscription": f"projects/{PROJECT_ID}/subscriptions/taxi-ride-streaming-push",
-        }
-    ).encode()
-
-
-def deliver(server: FunctionServer, body: bytes) -> int:
-    """POST one push request to the function, as the emulator does; return the HTTP status."""
-    request = urllib.request.Request(  # noqa: S310 - a local URL
-        server.push_endpoint(PROJECT_ID, "taxi-ride-streaming"),
-        data=body,
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
 def ride_message(ride_id: Any, ride: dict | None = None) -> bytes:
     return json.dumps({"ride": ride or VALID_RIDE, "ride_id": ride_id}).encode()
-
-
-def function_log(server: FunctionServer) -> list[dict[str, Any]]:
-    """The function's JSON log lines (other lines, e.g. gunicorn's, are skipped)."""
-    lines = []
-    for line in server.log_path.read_text().splitlines():
-        if line.startswith("{"):
-            lines.append(json.loads(line))
-    return lines
-
-
-ServeFunction = Callable[..., FunctionServer]
-
-
-@pytest.fixture
-def serve_function(
-    pubsub_emulator: PubSubEmulator, storage_emulator: StorageEmulator, tmp_path: Path
-) -> Iterator[ServeFunction]:
-    """Start functions-framework processes wired to the emulators; all stopped afterwards."""
-    servers: list[FunctionServer] = []
-
-    def start(**env: str) -> FunctionServer:
-        server = FunctionServer(
-            {
-                "PROJECT_ID": PROJECT_ID,
-                "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
-                "STORAGE_EMULATOR_HOST": storage_emulator.url,
-                **env,
-            },
-            tmp_path,
-            log_name=f"function-{len(servers)}.log",
-        )
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def _oversized() -> bytes:

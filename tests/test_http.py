@@ -256,9 +256,11 @@ def test_a_replayed_dead_letters_dlq_attributes_are_replaced_by_this_rejections(
     attributes = dict(dead_letter.attributes)
     assert "`ride`" in attributes.pop("dlq_reason")
     # Its own attributes kept; every dlq_* one says why and where from *this* time, and none
-    # that does not apply to this rejection (not a batch element, not cut) is left over.
+    # that does not apply to this rejection (not a batch element, not cut) is left over; the
+    # rejected ride's own ride_id is an attribute, as on every dead letter.
     assert attributes == {
         "origin": "replay-tool",
+        "ride_id": "7",
         "dlq_source_message_id": "replay-1",
         "dlq_source_publish_time": "2024-01-08T08:22:49.792Z",
         "dlq_source_subscription": f"projects/{PROJECT_ID}/subscriptions/taxi-ride-sub",

@@ -10,6 +10,12 @@ import pytest
 import main
 from model_loader import LoadedModel, ModelLoader, ModelLoadError
 from publisher import DEFAULT_MAX_RPCS_IN_FLIGHT, PublishError
+from settings import (
+    DEFAULT_MAX_BATCH_RIDES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MODEL_NAME,
+    InvalidSettingError,
+)
 from tests.conftest import (
     PROJECT_ID,
     SAMPLE_FEATURES,
@@ -28,7 +34,7 @@ DEAD_LETTER_TOPIC = f"projects/{PROJECT_ID}/topics/ride-dead-letter"
 @pytest.fixture(scope="module")
 def shared_loader(test_model: ModelFixture) -> ModelLoader:
     """One loaded model for the module's tests (loading is tested in test_model_loader)."""
-    loader = ModelLoader(test_model.path, main.DEFAULT_MODEL_NAME)
+    loader = ModelLoader(test_model.path, DEFAULT_MODEL_NAME)
     loader.get()
     return loader
 
@@ -164,9 +170,9 @@ def test_settings_defaults_and_project_fallback(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_missing_model_uri_is_a_named_error() -> None:
-    with pytest.raises(main.MissingSettingError, match="MODEL_URI"):
+    with pytest.raises(InvalidSettingError, match="MODEL_URI"):
         main.settings_from_env({"PROJECT_ID": "p"})
-    with pytest.raises(main.MissingSettingError, match="PROJECT_ID or GOOGLE_CLOUD_PROJECT"):
+    with pytest.raises(InvalidSettingError, match="PROJECT_ID or GOOGLE_CLOUD_PROJECT"):
         main.settings_from_env({"MODEL_URI": "x"})
 
 
@@ -182,7 +188,7 @@ def test_publish_max_rpcs_in_flight_comes_from_the_environment() -> None:
 
 @pytest.mark.parametrize("raw", ["0", "-2", "1.5", "two"])
 def test_invalid_publish_max_rpcs_in_flight_is_a_named_error(raw: str) -> None:
-    with pytest.raises(main.MissingSettingError, match="PUBLISH_MAX_RPCS_IN_FLIGHT"):
+    with pytest.raises(InvalidSettingError, match="PUBLISH_MAX_RPCS_IN_FLIGHT"):
         main.settings_from_env(
             {"MODEL_URI": "x", "PROJECT_ID": "p", "PUBLISH_MAX_RPCS_IN_FLIGHT": raw}
         )
@@ -218,7 +224,7 @@ INVALID_EVENT_DATA: list[tuple[str, Any, str]] = [
     ),
     (
         "oversized",
-        pubsub_event_data(b" " * (main.DEFAULT_MAX_MESSAGE_BYTES + 10)),
+        pubsub_event_data(b" " * (DEFAULT_MAX_MESSAGE_BYTES + 10)),
         "over the limit",
     ),
 ]
@@ -258,6 +264,7 @@ def test_dead_letter_keeps_the_original_bytes_ids_and_attributes(
     assert dead_letter.data == original
     assert dead_letter.attributes == {
         "origin": "meter-3",
+        "ride_id": "5",  # the rejected ride's own id, as on a prediction
         "dlq_reason": "Expected `int` >= 1 - at `$.ride.PULocationID`",
         "dlq_source_message_id": "m-77",
         "dlq_source_publish_time": "2024-01-08T08:22:49.792Z",
@@ -303,7 +310,7 @@ def test_a_failed_dead_letter_publish_raises_so_the_message_is_not_lost(
 def test_an_unloadable_model_raises_and_a_valid_ride_is_not_lost(
     recording_publisher: RecordingPublisher, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loader = ModelLoader(str(tmp_path / "no-model-here"), main.DEFAULT_MODEL_NAME)
+    loader = ModelLoader(str(tmp_path / "no-model-here"), DEFAULT_MODEL_NAME)
     monkeypatch.setattr(main, "_service", make_service(loader, recording_publisher))
     with pytest.raises(ModelLoadError):
         main.predict_duration(pubsub_cloud_event(load_json("sample_ride.json")))
@@ -409,7 +416,7 @@ def test_a_full_batch_keeps_order_ids_and_indexes_and_predicts_like_the_pipeline
     recording_publisher: RecordingPublisher,
     test_model: ModelFixture,
 ) -> None:
-    ride_ids: list[Any] = [i if i % 3 else f"ride-{i}" for i in range(main.DEFAULT_MAX_BATCH_RIDES)]
+    ride_ids: list[Any] = [i if i % 3 else f"ride-{i}" for i in range(DEFAULT_MAX_BATCH_RIDES)]
     batch = [_ride_event(ride_id, distance=(i % 97) / 7) for i, ride_id in enumerate(ride_ids)]
     for i, event in enumerate(batch):
         event["ride"]["PULocationID"] = 1 + i % 263

@@ -37,6 +37,7 @@ RUNTIME_FILES = [
     "model_loader.py",
     "publisher.py",
     "requirements.txt",
+    "settings.py",
     "telemetry.py",
 ]
 SAMPLE_B64 = load_json("tutorial_event.json")["data"]["message"]["data"]

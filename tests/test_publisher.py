@@ -14,8 +14,8 @@ from publisher import (
     PubSubPublisher,
     message_size,
     request_chunks,
-    topic_path,
 )
+from settings import topic_path
 from tests.conftest import PROJECT_ID, unique
 
 

@@ -678,3 +678,53 @@ def test_a_call_that_waited_in_the_queue_still_returns_within_its_own_timeout(
 def test_max_rpcs_in_flight_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_rpcs_in_flight"):
         PubSubPublisher(max_rpcs_in_flight=0)
+
+
+@pytest.mark.parametrize("slots", SLOTS)
+def test_a_call_sharing_an_rpc_keeps_its_own_deadline(
+    api: FakePublisherClient, new_publisher: NewPublisher, slots: int
+) -> None:
+    publisher = new_publisher(slots)
+    in_flight = fill_slots(api, publisher)
+    # The head of the queue has the shorter deadline: long enough to be queued and sent (the
+    # next lines), short enough to pass while the shared RPC is held.
+    publisher.timeout_seconds = 2.0
+    (head,) = queue_behind(api, publisher, batch("head", 1))
+    publisher.timeout_seconds = LONG
+    (rider,) = queue_behind(api, publisher, batch("rider", 1))
+    api.release(0)
+    assert api.wait_for_rpcs(slots + 1)[slots].data == [b"head-0", b"rider-0"]
+
+    head_outcome = head.outcome()  # at its own deadline, while the shared RPC is still held
+
+    assert isinstance(head_outcome, PublishError)
+    assert "did not finish" in str(head_outcome)
+    # Before: the RPC carried the head's deadline, so the rider failed with it, 2 s into its
+    # 60 s budget. Now the RPC runs until the latest deadline of the calls it carries.
+    api.release_all()
+    assert rider.outcome() == own_ids(api, rider.messages)
+    assert_own_ids(api, in_flight)
+    assert publisher.publish(TOPIC, batch("next", 1)) == [api.id_of[b"next-0"]]
+
+
+@pytest.mark.parametrize("slots", SLOTS)
+def test_a_shared_rpc_is_sent_with_the_latest_deadline_of_its_calls(
+    api: FakePublisherClient, new_publisher: NewPublisher, slots: int
+) -> None:
+    publisher = new_publisher(slots, timeout=LONG)
+    in_flight = fill_slots(api, publisher)
+    publisher.timeout_seconds = 20.0
+    (first,) = queue_behind(api, publisher, batch("first", 1))
+    publisher.timeout_seconds = 40.0
+    (second,) = queue_behind(api, publisher, batch("second", 1))
+    publisher.timeout_seconds = 30.0
+    (third,) = queue_behind(api, publisher, batch("third", 1))
+    api.release(0)
+
+    shared = api.wait_for_rpcs(slots + 1)[slots]
+
+    assert shared.data == [b"first-0", b"second-0", b"third-0"]
+    assert shared.timeout is not None
+    assert 30.0 < shared.timeout <= 40.0  # the second call's, the latest
+    api.release_all()
+    assert_own_ids(api, [first, second, third, *in_flight])

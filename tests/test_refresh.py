@@ -26,6 +26,7 @@ from model_loader import (
     load_model,
     pinned_uri,
 )
+from settings import InvalidSettingError
 from tests.conftest import RecordingPublisher, pubsub_event_data
 
 ALIAS_URI = "models:/ride-duration@champion"
@@ -468,7 +469,7 @@ def test_settings_read_model_refresh_seconds() -> None:
     refresh = main.settings_from_env(base | {"MODEL_REFRESH_SECONDS": "0.2"}).model_refresh_seconds
     assert refresh == 0.2
     for bad in ("-1", "soon", "nan"):
-        with pytest.raises(main.MissingSettingError, match="MODEL_REFRESH_SECONDS"):
+        with pytest.raises(InvalidSettingError, match="MODEL_REFRESH_SECONDS"):
             main.settings_from_env(base | {"MODEL_REFRESH_SECONDS": bad})
 
 

@@ -12,6 +12,8 @@ import jsonschema
 import pytest
 
 from features import (
+    MAX_RIDE_DURATION,
+    MIN_RIDE_DURATION,
     InvalidRideError,
     RideBatch,
     build_prediction_message,
@@ -130,7 +132,13 @@ def test_the_schema_and_the_function_agree_on_random_events() -> None:
 
 
 @pytest.mark.parametrize(
-    ("ride_id", "prediction"), [(123, 17.6), ("é😀" * 64, -3.2), (-(2**63), 1e300)]
+    ("ride_id", "prediction"),
+    [
+        (123, 17.6),
+        ("é😀" * 64, -3.2),
+        (-(2**63), MAX_RIDE_DURATION),
+        (2**63 - 1, MIN_RIDE_DURATION),
+    ],
 )
 def test_every_output_message_matches_the_prediction_schema(
     ride_id: Any, prediction: float
@@ -142,6 +150,17 @@ def test_every_output_message_matches_the_prediction_schema(
 def test_the_prediction_schema_rejects_a_message_without_its_fields() -> None:
     assert not prediction_validator.is_valid({"model": "m", "version": "v"})
     message = {"model": "m", "version": "v", "prediction": {"ride_duration": 1.5, "ride_id": 1}}
+    assert not prediction_validator.is_valid(message)
+
+
+@pytest.mark.parametrize("duration", [2**31, -(2**31) - 1, int("9" * 301)])
+def test_the_prediction_schema_states_the_bound_of_ride_duration(duration: int) -> None:
+    # The function never publishes these (tests/test_model_output.py): the schema says so.
+    message = {
+        "model": "m",
+        "version": "v",
+        "prediction": {"ride_duration": duration, "ride_id": 1},
+    }
     assert not prediction_validator.is_valid(message)
 
 

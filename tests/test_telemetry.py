@@ -28,7 +28,14 @@ from opentelemetry.sdk.resources import Resource
 import main
 import telemetry
 from devstack.processes import wait_until
-from features import InvalidRideError, RideBatch, build_prediction_message, decode_message
+from features import (
+    InvalidRideError,
+    RideBatch,
+    build_prediction_message,
+    decode_message,
+    predictions_for,
+)
+from settings import DEFAULT_MAX_MESSAGE_BYTES, InvalidSettingError, settings_from_env
 from telemetry import (
     DURATION_METRIC,
     MODEL_VERSION_LABEL,
@@ -38,9 +45,9 @@ from telemetry import (
     PredictionTelemetry,
     TelemetrySettings,
     reason_class,
-    settings_from_env,
     telemetry_from_env,
 )
+from tests.conftest import RecordingPublisher
 from tests.monitoring_files import MONITORING, rendered_json
 from tests.test_failures import INVALID_MESSAGES
 from tests.test_main import INVALID_EVENT_DATA
@@ -91,7 +98,7 @@ def exporting_telemetry(
 
 def _decode_event_data(event_data: Any) -> None:
     message = main._pubsub_message(event_data, "id")
-    decode_message(main._decode_base64(message.data), main.DEFAULT_MAX_MESSAGE_BYTES)
+    decode_message(main._decode_base64(message.data), DEFAULT_MAX_MESSAGE_BYTES)
 
 
 def _every_reason() -> list[str]:
@@ -100,7 +107,7 @@ def _every_reason() -> list[str]:
     for _, data in INVALID_MESSAGES:
         text = data if isinstance(data, str) else base64.b64encode(data).decode()
         try:
-            decoded = decode_message(main._decode_base64(text), main.DEFAULT_MAX_MESSAGE_BYTES)
+            decoded = decode_message(main._decode_base64(text), DEFAULT_MAX_MESSAGE_BYTES)
         except InvalidRideError as error:
             reasons.append(error.reason)
             continue
@@ -113,6 +120,23 @@ def _every_reason() -> list[str]:
     with pytest.raises(InvalidRideError) as caught:
         build_prediction_message("m", "1", 1, float("nan"))
     reasons.append(caught.value.reason)
+    for output, rides in (("text", 1), ([1.0, 2.0], 1)):  # main: the model's whole output
+        with pytest.raises(InvalidRideError) as caught:
+            predictions_for(output, rides)
+        reasons.append(caught.value.reason)
+    with pytest.raises(InvalidRideError) as caught:
+        build_prediction_message("m", "1", 1, "text")
+    reasons.append(caught.value.reason)
+    publisher = RecordingPublisher()
+    settings = settings_from_env({"MODEL_URI": "m", "PROJECT_ID": "p", "DEAD_LETTER_STREAM": "d"})
+    service = main.PredictionService(
+        settings,
+        model_loader=None,  # type: ignore[arg-type]  # a wrong event type never reaches it
+        publisher=publisher,
+    )
+    service.handle({"message": {}}, "id", event_type="google.cloud.storage.object.v1.finalized")
+    (dead_letter,) = publisher.to(str(settings.dead_letter_topic_path))
+    reasons.append(dead_letter.attributes["dlq_reason"])
     reasons.append("message holds 1001 rides, over the limit of 1000")  # main._handle_batch
     reasons.append(InvalidRideError("message data is empty").reason)
     return reasons
@@ -282,8 +306,8 @@ def test_close_flushes_the_last_totals_once() -> None:
 
 
 def test_the_deployed_wiring_exports_only_on_cloud_run_with_no_timer_thread() -> None:
-    assert telemetry_from_env("p", {})._exporter is None
-    turned_off = telemetry_from_env("p", {"K_SERVICE": "fn", "METRICS_EXPORT_SECONDS": "0"})
+    assert telemetry_from_env("p", 60.0, {})._exporter is None
+    turned_off = telemetry_from_env("p", 0.0, {"K_SERVICE": "fn"})
     assert turned_off._exporter is None
 
     exporters: list[RecordingExporter] = []
@@ -296,7 +320,8 @@ def test_the_deployed_wiring_exports_only_on_cloud_run_with_no_timer_thread() ->
     threads = {thread.name for thread in threading.enumerate()}
     deployed = telemetry_from_env(
         "p",
-        {"K_SERVICE": "fn", "K_REVISION": "fn-00001", "METRICS_EXPORT_SECONDS": "30"},
+        30.0,
+        {"K_SERVICE": "fn", "K_REVISION": "fn-00001"},
         exporter=recording,
     )
     try:
@@ -310,8 +335,15 @@ def test_the_deployed_wiring_exports_only_on_cloud_run_with_no_timer_thread() ->
 
 @pytest.mark.parametrize("raw", ["-1", "x", "inf", "nan"])
 def test_an_invalid_export_period_is_refused(raw: str) -> None:
-    with pytest.raises(ValueError, match="METRICS_EXPORT_SECONDS"):
-        settings_from_env("p", {"METRICS_EXPORT_SECONDS": raw})
+    environ = {"MODEL_URI": "gs://b/m", "PROJECT_ID": "p", "METRICS_EXPORT_SECONDS": raw}
+    with pytest.raises(InvalidSettingError, match="METRICS_EXPORT_SECONDS"):
+        settings_from_env(environ)
+
+
+def test_the_export_period_defaults_to_a_minute_and_0_turns_it_off() -> None:
+    required = {"MODEL_URI": "gs://b/m", "PROJECT_ID": "p"}
+    assert settings_from_env(required).metrics_export_seconds == 60
+    assert settings_from_env(required | {"METRICS_EXPORT_SECONDS": "0"}).metrics_export_seconds == 0
 
 
 def test_the_resource_names_the_project_and_the_service() -> None:
