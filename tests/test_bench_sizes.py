@@ -117,6 +117,7 @@ def test_the_dead_letter_is_the_rejected_ride_and_the_dlq_attributes() -> None:
         + len("dlq_source_message_id") + 32
         + len("dlq_source_publish_time") + len("2024-01-08T08:22:49.792Z")
         + len("dlq_source_subscription") + len(subscription)
+        + len("ride_id") + len("7")  # the rejected ride's own ride_id
     )  # fmt: skip
 
     assert sizes.dead_letter_payload_bytes(body) == len(rejected) + attributes

@@ -131,6 +131,7 @@ def test_every_variable_is_read_with_its_type() -> None:
             "MODEL_REFRESH_SECONDS": "0",
             "LOG_LEVEL": "debug",
             "MESSAGE_LOG_LEVEL": "Warning",
+            "METRICS_EXPORT_SECONDS": "30",
         }
     )
 
@@ -150,6 +151,7 @@ def test_every_variable_is_read_with_its_type() -> None:
         "max_batch_rides": 10,
         "publish_timeout_seconds": 2.5,
         "publish_max_rpcs_in_flight": 2,
+        "metrics_export_seconds": 30.0,
     }
     assert read.dead_letter_topic_path == "projects/fallback/topics/dlq"
 
