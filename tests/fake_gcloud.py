@@ -1,33 +1,36 @@
-"""A fake ``gcloud`` for tests/test_deploy_script.py: a small model of one GCP project.
+"""A fake ``gcloud`` for tests/test_deploy_script.py: a small, stateful model of one GCP project.
 
-deploy.sh cannot reach Google Cloud here, so its logic runs against this model of the resources it
-touches: APIs, Pub/Sub topics and subscriptions (with messages), service accounts, IAM policies,
-buckets, an Artifact Registry repository, secrets, the function with its Cloud Run service and
-Eventarc trigger. Each call reads the project's state from a JSON file, changes it as the real
-service would, and answers as gcloud 528 would: queries are printed by gcloud's own resource
-printer with the caller's ``--format``, so the script's projections are exercised as in the cloud.
+deploy.sh cannot reach Google Cloud here, so its logic runs against this model of what it touches:
+APIs, Pub/Sub topics and subscriptions with their messages and pushes, service accounts, IAM
+policies, Cloud Storage buckets and objects, an Artifact Registry repository, secrets, the Cloud Run
+service, and an earlier Cloud Functions function. Each call reads the project's state from a JSON
+file, changes it as the service would and answers as gcloud 528 does: output goes through gcloud's
+own resource printer and ``--filter`` through its own filter, with the caller's expressions.
 
-What the model enforces, each from gcloud's source or the documentation (see docs/deploy.md):
+What it enforces, each from gcloud's source or the documentation (docs/deploy.md):
 
-- Prompts: the fake runs as if on a terminal, so a call without ``CLOUDSDK_CORE_DISABLE_PROMPTS``
-  could prompt and fails (exit 97). With prompts off it does what gcloud does unattended: the
-  Pub/Sub Token Creator check of ``functions deploy`` only warns (``v2/deploy_util.py``), an IAM
-  edit of a policy holding conditions fails without ``--condition`` (``iam/iam_util.py``), a new
-  function without ``--runtime`` fails, and a deploy without ``--build-service-account`` builds as
-  the default account, which in a new project cannot build (the build fails).
-- APIs: a command of a disabled API fails with Service Usage's error.
-- IAM: a binding for a service account IAM does not know fails; the build fails unless its account
-  may write logs, push to the repository and read the source; a push is delivered only if the
-  trigger's account may invoke the service and the Pub/Sub service agent may sign as it.
-- Faults: ``faults`` in the state make a matching call fail a number of times with a given error
-  (the Eventarc propagation error of a brand-new project, say); ``unpropagated`` service accounts
-  are unknown to IAM for their first binding.
+- Prompts: it runs as if on a terminal, so a call without ``CLOUDSDK_CORE_DISABLE_PROMPTS`` fails
+  (exit 97). An IAM edit of a policy holding conditions fails without ``--condition``
+  (``iam/iam_util.py``); a command of a disabled API fails with Service Usage's error.
+- Time: every call is one tick. A grant takes ``propagation`` ticks to apply (IAM's 2 to 7
+  minutes), a new service account is unknown to IAM for its first binding if ``unpropagated``.
+- Pushes: a push subscription delivers each message to the service whose URL its endpoint starts
+  with, once per tick, until the service accepts it: only if the push identity may invoke the
+  service, the Pub/Sub service agent may sign as it, and the audience is the service URL. A refused
+  or failed push counts as a delivery attempt; with a dead-letter policy, Pub/Sub forwards the
+  message after the last one, adding its ``CloudPubSubDeadLetter*`` attributes. A subscription
+  without a push endpoint keeps messages until it gets one.
+- The function (``function_behaviour``): ``predict`` publishes a prediction to PUBLISH_STREAM,
+  ``reject`` a dead letter with ``dlq_reason`` to DEAD_LETTER_STREAM, ``fail`` answers 500; both
+  outputs keep the ``deploy_verify`` attribute, and publishing needs the runtime account's grant.
+- The build runs as ``--build-service-account`` and fails unless it may write logs, push to the
+  ``--image`` repository and read the sources bucket; a deploy fails if the runtime account may
+  not read a secret it names.
+- Faults: ``faults`` make a matching call fail a number of times with a given error.
 
-The server runs under gcloud's bundled Python (for its resource printer) on a Unix socket; the
-``gcloud`` on the script's PATH is ``CLIENT_SOURCE``, which forwards each call, except the local
-``gcloud meta`` commands, which the real gcloud answers (``list-files-for-upload`` once per test
-session: the repository does not change meanwhile). Only the standard library and
-gcloud's own code are used here.
+The server runs under gcloud's bundled Python on a Unix socket; the ``gcloud`` on the script's PATH
+is ``CLIENT_SOURCE``, which forwards each call, except ``gcloud meta``, which the real gcloud
+answers (``list-files-for-upload`` once per test session).
 """
 
 from __future__ import annotations
@@ -44,55 +47,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# gcloud's "prompts are possible" exit code in this fake: any other error is 1 (gcloud) or 2
-# (argument error).
 PROMPT_EXIT = 97
-EVENTARC_PROPAGATION_ERROR = (
-    "ResponseError: status=[400], code=[Ok], message=[Validation failed for trigger "
-    'projects/{project}/locations/{region}/triggers/{trigger}: Invalid resource state for "": '
-    "Permission denied while using the Eventarc Service Agent. If you recently started to use "
-    "Eventarc, it may take a few minutes before all necessary permissions are propagated to the "
-    "Service Agent. Otherwise, verify that it has Eventarc Service Agent role.]"
-)
-# What a build says when its account's fresh grants have not reached Cloud Storage yet.
 BUILD_PERMISSION_ERROR = (
-    "OperationError: code=3, message=Build failed with status: FAILURE. "
-    "{build_account} does not have storage.objects.get access to the Google Cloud Storage object."
+    "Build failed; check build logs for details: {account} does not have storage.objects.get "
+    "access to the Google Cloud Storage object."
 )
-# What a deploy says when the function's account may not read a secret (yet).
 SECRET_PERMISSION_ERROR = (
-    "OperationError: code=7, message=Permission denied on secret: "
-    "projects/{number}/secrets/{secret}/versions/latest for Revision service account."
+    "Revision failed: Permission denied on secret: projects/{number}/secrets/{secret}/versions/"
+    "latest for Revision service account {account}."
 )
-# APIs a new project has enabled (the ones deploy.sh does not enable itself).
 DEFAULT_APIS = ["serviceusage.googleapis.com", "storage.googleapis.com"]
-# The API each command group calls.
 GROUP_APIS = {
     "pubsub": "pubsub.googleapis.com",
     "iam": "iam.googleapis.com",
-    "functions": "cloudfunctions.googleapis.com",
     "run": "run.googleapis.com",
-    "eventarc": "eventarc.googleapis.com",
+    "functions": "cloudfunctions.googleapis.com",
     "artifacts": "artifactregistry.googleapis.com",
     "secrets": "secretmanager.googleapis.com",
     "projects": "cloudresourcemanager.googleapis.com",
 }
-# What `functions deploy` needs besides Cloud Functions (gcloud checks the first three).
-DEPLOY_APIS = [
-    "run.googleapis.com",
-    "cloudbuild.googleapis.com",
-    "artifactregistry.googleapis.com",
-    "eventarc.googleapis.com",
-]
-# IAM policy kinds whose gcloud commands take --condition (and refuse, unattended, to edit a
-# policy holding conditions without it).
-CONDITION_KINDS = {"project", "bucket", "secret", "repository", "runService", "serviceAccount"}
+# Pub/Sub commands take no --condition (their IAM policies hold no conditions).
+NO_CONDITION_KINDS = {"topic", "subscription"}
 DAY = 86400
-PUBSUB_DEFAULT_RETENTION = 7 * DAY
-PUBSUB_DEFAULT_TTL = 31 * DAY
-# What the deployed function does with a ride pushed to it: "predict", "reject" or "silent".
 PREDICTION = {"ride_duration": 18}
 DLQ_REASON = "ride.trip_distance must be >= 0, got -3"
+# Google's grant to the Pub/Sub service agent (projects from after 8 April 2021): always applied.
+LONG_AGO = -(10**9)
 
 CLIENT_SOURCE = """\
 #!{python} -I
@@ -101,15 +81,14 @@ import json, os, socket, sys
 
 args = sys.argv[1:]
 if args == ["meta", "list-files-for-upload", "."] and os.environ.get("FAKE_GCLOUD_UPLOAD_LIST"):
-    # What the real gcloud said about this repository's .gcloudignore (asked once per session).
     with open(os.environ["FAKE_GCLOUD_UPLOAD_LIST"]) as upload_list:
         sys.stdout.write(upload_list.read())
     sys.exit(0)
 if args[:1] == ["meta"]:
-    # Local and read-only: the real gcloud answers.
     os.execv(os.environ["FAKE_GCLOUD_REAL"], ["gcloud", *args])
 env = {{k: v for k, v in os.environ.items() if k.startswith(("CLOUDSDK_", "FAKE_GCLOUD_"))}}
-request = json.dumps({{"args": args, "env": env, "cwd": os.getcwd()}}).encode()
+stdin = sys.stdin.read() if "-" in args else ""
+request = json.dumps({{"args": args, "env": env, "cwd": os.getcwd(), "stdin": stdin}}).encode()
 with socket.socket(socket.AF_UNIX) as connection:
     connection.connect(os.environ["FAKE_GCLOUD_SOCKET"])
     connection.sendall(request)
@@ -129,45 +108,41 @@ class GcloudError(Exception):
         self.code = code
 
 
-# ------------------------------------------------------------------------------ the project
-
-
 def new_project(project: str, number: str, region: str) -> dict[str, Any]:
-    """The state of a brand-new project: default APIs only, nothing else."""
+    """A brand-new project: default APIs, nothing else."""
     return {
         "project": project,
         "number": number,
         "region": region,
         "apis": list(DEFAULT_APIS),
         "pubsub_agent": False,
-        # Projects created after 8 April 2021: the Pub/Sub service agent gets Pub/Sub Service
-        # Agent on the project when it is created (docs: pubsub/docs/push#authentication).
-        "pubsub_agent_project_role": True,
         "topics": {},
         "subscriptions": {},
         "messages": {},
+        "pending": [],
         "service_accounts": {},
         "policies": {},
-        "buckets": [],
+        "granted_at": {},
+        "buckets": {},
+        "objects": {},
         "repositories": {},
         "secrets": [],
+        "services": {},
         "functions": {},
-        "run_services": {},
-        "triggers": {},
         "faults": [],
         "unpropagated": [],
+        "propagation": 0,
         "function_behaviour": "predict",
-        "recreate_trigger_on_deploy": False,
-        "deploy_resets_cpu_boost": False,
+        "clock": 0,
+        "next_id": 1,
+        "refused_pushes": 0,
         "calls": [],
         "warnings": [],
-        "undelivered": 0,
-        "next_id": 1,
     }
 
 
 def sa_email(project: str, name: str) -> str:
-    """The email of service account ``name`` in ``project``."""
+    """The email of service account ``name``."""
     return f"{name}@{project}.iam.gserviceaccount.com"
 
 
@@ -176,64 +151,59 @@ def pubsub_agent(state: dict[str, Any]) -> str:
     return f"serviceAccount:service-{state['number']}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
 
-def policy_key(kind: str, name: str) -> str:
-    """Where a resource's IAM policy lives in the state."""
-    return f"{kind}:{name}"
-
-
 def bindings(state: dict[str, Any]) -> set[tuple[str, str, str, str]]:
-    """Every unconditional (kind, resource, role, member) binding in the project."""
+    """Every unconditional (kind, resource, role, member) binding, applied or not."""
     found = set()
     for key, policy in state["policies"].items():
         kind, name = key.split(":", 1)
         for binding in policy["bindings"]:
-            if "condition" in binding:
-                continue
-            for member in binding["members"]:
-                found.add((kind, name, binding["role"], member))
+            if "condition" not in binding:
+                found.update((kind, name, binding["role"], m) for m in binding["members"])
     return found
 
 
-def has_role(state: dict[str, Any], kind: str, name: str, roles: set[str], member: str) -> bool:
-    """Whether ``member`` holds one of ``roles`` on the resource, without a condition."""
-    granted = bindings(state)
-    return any((kind, name, role, member) in granted for role in roles)
+def applies(state: dict[str, Any], kind: str, name: str, roles: set[str], member: str) -> bool:
+    """Whether ``member`` holds one of ``roles`` on the resource, with the grant propagated."""
+    for role in roles:
+        if (kind, name, role, member) in bindings(state):
+            since = state["granted_at"].get(f"{kind}|{name}|{role}|{member}", LONG_AGO)
+            if state["clock"] >= since + state["propagation"]:
+                return True
+    return False
 
 
 def seconds(duration: str) -> int:
-    """A gcloud duration (``10s``, ``10m``, ``31d``, a bare number of seconds) in seconds."""
+    """A gcloud duration (``10s``, ``10m``, ``31d``, a bare number) in seconds."""
     match = re.fullmatch(r"(\d+)([smhd]?)", duration)
     if not match:
         raise GcloudError(f"argument: Invalid duration [{duration}]", 2)
-    number, unit = match.groups()
-    return int(number) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": DAY}[unit]
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": DAY}[match.group(2)]
 
 
-# ------------------------------------------------------------------------------ one call
+def labels_of(value: str | None) -> dict[str, str]:
+    """``--labels=a=b,c=d`` as a dict."""
+    return dict(pair.split("=", 1) for pair in value.split(",")) if value else {}
 
 
 class Call:
     """One gcloud invocation against the project state."""
 
-    def __init__(self, state: dict[str, Any], args: list[str], env: dict[str, str], cwd: str):
+    def __init__(self, state: dict[str, Any], request: dict[str, Any]) -> None:
         self.state = state
-        self.args = args
-        self.env = env
-        self.cwd = cwd
+        self.args: list[str] = request["args"]
+        self.env: dict[str, str] = request["env"]
+        self.cwd: str = request["cwd"]
+        self.stdin: str = request.get("stdin", "")
         self.words: list[str] = []
         self.flags: dict[str, list[str | bool]] = {}
-        for arg in args:
+        for arg in self.args:
             if arg.startswith("--"):
                 name, _, value = arg[2:].partition("=")
                 self.flags.setdefault(name, []).append(value if "=" in arg else True)
-            elif self.flags:
-                raise GcloudError(f"fake gcloud: positional argument after flags: {arg}", 2)
             else:
                 self.words.append(arg)
         self.stdout = io.StringIO()
         self.stderr = io.StringIO()
-
-    # -- arguments
 
     def flag(self, name: str, default: Any = None) -> Any:
         """The last value of ``--name``."""
@@ -247,119 +217,65 @@ class Call:
         return value
 
     def project(self) -> str:
-        """The project of a project-scoped command (it must be the fake's)."""
-        project = self.require("project")
-        if project != self.state["project"]:
-            raise GcloudError(f"PERMISSION_DENIED: project {project} is not the fake's project")
-        return project
+        """The project flag, which must be the fake's."""
+        if self.require("project") != self.state["project"]:
+            raise GcloudError("PERMISSION_DENIED: not the fake's project")
+        return str(self.state["project"])
 
     def region(self, flag: str = "region") -> str:
-        """The region (or location) flag, which must be the fake's region."""
-        region = self.require(flag)
-        if region != self.state["region"]:
-            raise GcloudError(f"fake gcloud: unexpected {flag} {region}")
-        return region
-
-    # -- output
+        """The region (or location) flag, which must be the fake's."""
+        if self.require(flag) != self.state["region"]:
+            raise GcloudError(f"fake gcloud: unexpected --{flag}")
+        return str(self.state["region"])
 
     def print(self, resources: list[Any]) -> None:
-        """Print resources with the call's --format, through gcloud's own printer."""
-        from googlecloudsdk.core.resource import resource_printer
+        """Print through gcloud's own printer, after the call's --filter."""
+        from googlecloudsdk.core.resource import resource_filter, resource_printer
 
+        if self.flag("filter"):
+            matcher = resource_filter.Compile(self.flag("filter"))
+            resources = [r for r in resources if matcher.Evaluate(r)]
         resource_printer.Print(resources, self.flag("format", "default"), out=self.stdout)
 
-    def warn(self, message: str) -> None:
-        """A warning as gcloud prints it, also kept in the state for the tests."""
-        self.stderr.write(f"WARNING: {message}\n")
-        self.state["warnings"].append(message)
-
-    def not_found(self, what: str) -> GcloudError:
-        """The error gcloud reports for a missing resource."""
-        return GcloudError(f"NOT_FOUND: Resource not found ({what}).")
-
     def next_id(self) -> int:
-        """A fresh number for ids."""
+        """A fresh number."""
         self.state["next_id"] += 1
         return int(self.state["next_id"])
 
 
-# ------------------------------------------------------------------------------ commands
+def find(collection: str, what: str, index: int = 3) -> Callable[[Call], str]:
+    """A finder: the name at ``words[index]`` of a resource that must exist in ``collection``."""
+
+    def finder(call: Call) -> str:
+        name = call.words[index].removeprefix("gs://")
+        if collection not in {"buckets"}:
+            call.project()
+        if collection == "repositories":
+            call.region("location")
+        if collection == "services":
+            call.region()
+        if name not in call.state[collection]:
+            if collection == "services":
+                raise GcloudError(f"Cannot find service [{name}]")
+            if collection == "buckets":
+                raise GcloudError(f"gs://{name} not found: 404.")
+            raise GcloudError(f"NOT_FOUND: Resource not found ({what} {name}).")
+        return str(name)
+
+    return finder
 
 
-def _prompt_guard(call: Call) -> None:
-    if call.env.get("CLOUDSDK_CORE_DISABLE_PROMPTS", "").lower() not in {"1", "true"}:
-        raise GcloudError(
-            "fake gcloud: prompts are enabled, so gcloud may ask questions here (on a terminal, "
-            "or answer them with their defaults nobody chose): " + " ".join(call.args),
-            PROMPT_EXIT,
-        )
-
-
-def _api_guard(call: Call) -> None:
-    group = call.words[1] if call.words[:1] == ["beta"] else call.words[0]
-    api = GROUP_APIS.get(group)
-    if api and api not in call.state["apis"]:
-        raise GcloudError(
-            f"PERMISSION_DENIED: {api} has not been used in project {call.state['number']} before "
-            "or it is disabled. Enable it by visiting the console, then retry. If you enabled "
-            "this API recently, wait a few minutes for the action to propagate to our systems "
-            "and retry."
-        )
-
-
-def _fault_guard(call: Call) -> None:
-    line = " ".join(call.args)
-    for fault in call.state["faults"]:
-        if fault["times"] > 0 and fault["match"] in line:
-            fault["times"] -= 1
-            details = {**call.state, "trigger": "t", "build_account": "the build account"}
-            raise GcloudError(fault["error"].format(**details), fault.get("code", 1))
-
-
-# -- Service Usage, projects
-
-
-def services_list(call: Call) -> None:
-    call.project()
-    call.print([{"config": {"name": api}, "state": "ENABLED"} for api in call.state["apis"]])
-
-
-def services_enable(call: Call) -> None:
-    call.project()
-    for api in call.words[2:]:
-        if api not in call.state["apis"]:
-            call.state["apis"].append(api)
-
-
-def services_identity_create(call: Call) -> None:
-    call.project()
-    if call.require("service") != "pubsub.googleapis.com":
-        raise GcloudError("fake gcloud: only the Pub/Sub service agent is modelled", 2)
-    state = call.state
-    if not state["pubsub_agent"]:
-        state["pubsub_agent"] = True
-        if state["pubsub_agent_project_role"]:
-            _add_binding(
-                state, "project", state["project"], "roles/pubsub.serviceAgent", pubsub_agent(state)
-            )
-    call.stderr.write(f"Service identity created: {pubsub_agent(state).split(':')[1]}\n")
-
-
-def projects_describe(call: Call) -> None:
-    if call.words[2] != call.state["project"]:
-        raise call.not_found(call.words[2])
-    call.print([{"projectId": call.state["project"], "projectNumber": call.state["number"]}])
-
-
-# -- IAM policies of any resource
+# ------------------------------------------------------------------------------ IAM
 
 
 def _policy(state: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
-    return state["policies"].setdefault(policy_key(kind, name), {"bindings": [], "etag": "BwX="})
+    return state["policies"].setdefault(f"{kind}:{name}", {"bindings": [], "etag": "BwX="})
 
 
-def _add_binding(state: dict[str, Any], kind: str, name: str, role: str, member: str) -> None:
+def add_binding(state: dict[str, Any], kind: str, name: str, role: str, member: str) -> None:
+    """Grant ``role`` to ``member`` on a resource, applying after the propagation delay."""
     policy = _policy(state, kind, name)
+    state["granted_at"][f"{kind}|{name}|{role}|{member}"] = state["clock"]
     for binding in policy["bindings"]:
         if binding["role"] == role and "condition" not in binding:
             if member not in binding["members"]:
@@ -368,134 +284,63 @@ def _add_binding(state: dict[str, Any], kind: str, name: str, role: str, member:
     policy["bindings"].append({"role": role, "members": [member]})
 
 
-def _member_exists(state: dict[str, Any], member: str) -> bool:
-    if member == pubsub_agent(state):
-        return bool(state["pubsub_agent"])
-    email = member.removeprefix("serviceAccount:")
-    if email.endswith(f"@{state['project']}.iam.gserviceaccount.com"):
-        return email in state["service_accounts"]
-    return True
-
-
-def iam_policy_command(kind: str, exists: Callable[[Call], str]) -> Callable[[Call], None]:
+def iam(kind: str, finder: Callable[[Call], str]) -> Callable[[Call], None]:
     """get-iam-policy / add-iam-policy-binding / remove-iam-policy-binding for one kind."""
 
     def handle(call: Call) -> None:
-        name = exists(call)
-        verb = next(word for word in call.words if word.endswith("iam-policy") or "binding" in word)
+        name = finder(call)
+        verb = next(w for w in call.words if w.endswith(("iam-policy", "iam-policy-binding")))
         state = call.state
         policy = _policy(state, kind, name)
         if verb == "get-iam-policy":
             call.print([policy])
             return
-        if "condition" in call.flags and kind not in CONDITION_KINDS:
-            raise GcloudError(f"unrecognized arguments: --condition={call.flag('condition')}", 2)
         condition = call.flag("condition")
+        if condition is not None and kind in NO_CONDITION_KINDS:
+            raise GcloudError(f"unrecognized arguments: --condition={condition}", 2)
         if any("condition" in b for b in policy["bindings"]) and condition is None:
             raise GcloudError(
                 "Adding a binding without specifying a condition to a policy containing "
                 "conditions is prohibited in non-interactive mode. Run the command again with "
                 "`--condition=None`"
             )
-        if condition not in (None, "None"):
-            raise GcloudError("fake gcloud: conditional grants are not modelled", 2)
         role, member = call.require("role"), call.require("member")
+        email = member.removeprefix("serviceAccount:")
         if verb == "add-iam-policy-binding":
-            email = member.removeprefix("serviceAccount:")
-            if email in state["unpropagated"]:
-                state["unpropagated"].remove(email)
+            known = (
+                state["pubsub_agent"]
+                if member == pubsub_agent(state)
+                else email in state["service_accounts"]
+                or not email.endswith(".iam.gserviceaccount.com")
+            )
+            if not known or email in state["unpropagated"]:
+                if email in state["unpropagated"]:
+                    state["unpropagated"].remove(email)
                 raise GcloudError(f"INVALID_ARGUMENT: Service account {email} does not exist.")
-            if not _member_exists(state, member):
-                raise GcloudError(f"INVALID_ARGUMENT: Service account {email} does not exist.")
-            _add_binding(state, kind, name, role, member)
+            add_binding(state, kind, name, role, member)
         else:
-            for binding in policy["bindings"]:
-                if (
-                    binding["role"] == role
-                    and "condition" not in binding
-                    and member in binding["members"]
-                ):
-                    binding["members"].remove(member)
-                    policy["bindings"] = [b for b in policy["bindings"] if b["members"]]
-                    break
-            else:
+            matching = [
+                b
+                for b in policy["bindings"]
+                if b["role"] == role and "condition" not in b and member in b["members"]
+            ]
+            if not matching:
                 raise GcloudError(
                     "Policy binding with the specified principal, role, and condition not found!"
                 )
+            matching[0]["members"].remove(member)
+            policy["bindings"] = [b for b in policy["bindings"] if b["members"]]
         call.stderr.write(f"Updated IAM policy for {kind} [{name}].\n")
 
     return handle
 
 
-# -- finding resources
+# ------------------------------------------------------------------------------ Pub/Sub
 
 
-def _existing(
-    collection: str, what: str, index: int = 3, location: str | None = None
-) -> Callable[[Call], str]:
-    """A finder: the name at ``words[index]`` of a resource that must exist in ``collection``."""
-
-    def find(call: Call) -> str:
-        call.project()
-        if location:
-            call.region(location)
-        name = call.words[index]
-        if name not in call.state[collection]:
-            raise call.not_found(f"{what} {name}")
-        return str(name)
-
-    return find
-
-
-_existing_topic = _existing("topics", "topic")
-_existing_subscription = _existing("subscriptions", "subscription")
-_existing_service_account = _existing("service_accounts", "service account")
-_existing_repository = _existing("repositories", "repository", location="location")
-_existing_secret = _existing("secrets", "secret", index=2)
-_existing_service = _existing("run_services", "service", location="region")
-
-
-# -- Pub/Sub
-
-
-def _topic_path(state: dict[str, Any], topic: str) -> str:
+def topic_path(state: dict[str, Any], topic: str) -> str:
+    """``projects/P/topics/T``."""
     return topic if topic.startswith("projects/") else f"projects/{state['project']}/topics/{topic}"
-
-
-def _labels(value: str | None) -> dict[str, str]:
-    return dict(pair.split("=", 1) for pair in value.split(",")) if value else {}
-
-
-def topics(call: Call) -> None:
-    verb = call.words[2]
-    state = call.state
-    if verb == "create":
-        call.project()
-        topic = call.words[3]
-        if topic in state["topics"]:
-            raise GcloudError(
-                f"ALREADY_EXISTS: Resource already exists in the project (topic {topic})."
-            )
-        state["topics"][topic] = {
-            "name": _topic_path(state, topic),
-            "labels": _labels(call.flag("labels")),
-        }
-    elif verb == "describe":
-        call.print([state["topics"][_existing_topic(call)]])
-    elif verb == "delete":
-        topic = _existing_topic(call)
-        del state["topics"][topic]
-        state["policies"].pop(policy_key("topic", topic), None)
-    elif verb == "publish":
-        topic = _existing_topic(call)
-        attributes = dict(
-            str(pair).split("=", 1) for pair in call.flags.get("attribute", []) if pair is not True
-        )
-        message_id = publish(state, topic, call.require("message").encode(), attributes)
-        deliver_to_function(call, topic, message_id)
-        call.stdout.write(f"messageIds:\n- '{message_id}'\n")
-    else:
-        iam_policy_command("topic", _existing_topic)(call)
 
 
 def _filter_matches(subscription: dict[str, Any], attributes: dict[str, str]) -> bool:
@@ -509,274 +354,348 @@ def _filter_matches(subscription: dict[str, Any], attributes: dict[str, str]) ->
 
 
 def publish(state: dict[str, Any], topic: str, data: bytes, attributes: dict[str, str]) -> str:
-    """Publish to a topic: every attached subscription whose filter matches gets a copy."""
+    """Publish: each attached subscription whose filter matches gets a copy (pushed at once)."""
     state["next_id"] += 1
     message_id = str(state["next_id"])
-    for name, subscription in state["subscriptions"].items():
-        if subscription["topic"] == _topic_path(state, topic) and _filter_matches(
+    message = {
+        "data": base64.b64encode(data).decode(),
+        "attributes": attributes,
+        "messageId": message_id,
+    }
+    for name, subscription in list(state["subscriptions"].items()):
+        if subscription["topic"] == topic_path(state, topic) and _filter_matches(
             subscription, attributes
         ):
             state["messages"].setdefault(name, []).append(
-                {
-                    "ackId": f"ack-{message_id}-{name}",
-                    "message": {
-                        "data": base64.b64encode(data).decode(),
-                        "attributes": attributes,
-                        "messageId": message_id,
-                    },
-                }
+                {"ackId": f"ack-{message_id}-{name}", "message": message, "attempts": 0}
             )
+            if subscription.get("pushConfig", {}).get("pushEndpoint"):
+                deliver(state, name)
     return message_id
 
 
-def _may_push(state: dict[str, Any], function: dict[str, Any]) -> bool:
-    trigger_sa = function["eventTrigger"]["serviceAccountEmail"]
-    service = function["serviceConfig"]["service"].rsplit("/", 1)[1]
-    invoker = has_role(
-        state, "runService", service, {"roles/run.invoker"}, f"serviceAccount:{trigger_sa}"
-    )
-    agent = pubsub_agent(state)
-    signs = state["pubsub_agent"] and (
-        has_role(
-            state,
-            "project",
-            state["project"],
-            {"roles/iam.serviceAccountTokenCreator", "roles/pubsub.serviceAgent"},
-            agent,
-        )
-        or has_role(
-            state, "serviceAccount", trigger_sa, {"roles/iam.serviceAccountTokenCreator"}, agent
-        )
-    )
-    return bool(invoker and signs)
-
-
-def deliver_to_function(call: Call, topic: str, message_id: str) -> None:
-    """What the deployed function does with a ride published to its trigger's topic."""
-    state = call.state
-    for function in state["functions"].values():
-        if function["eventTrigger"]["pubsubTopic"] != _topic_path(state, topic):
+def deliver(state: dict[str, Any], name: str) -> None:
+    """One push attempt for each message a push subscription holds."""
+    subscription = state["subscriptions"][name]
+    for entry in list(state["messages"].get(name, [])):
+        if _pushed(state, subscription, entry["message"]):
+            state["messages"][name].remove(entry)
             continue
-        if not _may_push(state, function):
-            state["undelivered"] += 1
-            continue
-        env = function["serviceConfig"]["environmentVariables"]
-        behaviour = state["function_behaviour"]
-        attributes = dict(
-            str(pair).split("=", 1) for pair in call.flags.get("attribute", []) if pair is not True
-        )
-        ride = json.loads(call.require("message"))
-        if behaviour == "predict":
-            prediction = {
-                "model": env["MODEL_NAME"],
-                "version": "v1",
-                "prediction": {**PREDICTION, "ride_id": ride["ride_id"]},
+        entry["attempts"] += 1
+        policy = subscription.get("deadLetterPolicy")
+        agent = pubsub_agent(state)
+        if (
+            policy
+            and entry["attempts"] >= policy["maxDeliveryAttempts"]
+            and applies(state, "topic", policy["deadLetterTopic"].rsplit("/", 1)[1],
+                        {"roles/pubsub.publisher"}, agent)
+            and applies(state, "subscription", name, {"roles/pubsub.subscriber"}, agent)
+        ):  # fmt: skip
+            state["messages"][name].remove(entry)
+            attributes = {
+                **entry["message"]["attributes"],
+                "CloudPubSubDeadLetterSourceDeliveryCount": str(entry["attempts"]),
+                "CloudPubSubDeadLetterSourceSubscription": name,
+                "CloudPubSubDeadLetterSourceSubscriptionProject": state["project"],
             }
-            publish(
-                state,
-                env["PUBLISH_STREAM"],
-                json.dumps(prediction).encode(),
-                {
-                    "ride_id": str(ride["ride_id"]),
-                    "model_version": "v1",
-                    "source_message_id": message_id,
-                },
-            )
-        elif behaviour == "reject":
-            publish(
-                state,
-                env["DEAD_LETTER_STREAM"],
-                call.require("message").encode(),
-                {**attributes, "dlq_reason": DLQ_REASON, "dlq_source_message_id": message_id},
-            )
+            data = base64.b64decode(entry["message"]["data"])
+            publish(state, policy["deadLetterTopic"].rsplit("/", 1)[1], data, attributes)
+
+
+def _pushed(state: dict[str, Any], subscription: dict[str, Any], message: dict[str, Any]) -> bool:
+    """Whether the service accepted the push (HTTP 2xx)."""
+    push = subscription["pushConfig"]
+    service = next(
+        (
+            s
+            for s in state["services"].values()
+            if push["pushEndpoint"].startswith(s["status"]["url"])
+        ),
+        None,
+    )
+    if service is None:
+        return False
+    token = push.get("oidcToken", {})
+    invoker = f"serviceAccount:{token.get('serviceAccountEmail')}"
+    agent = pubsub_agent(state)
+    may_sign = state["pubsub_agent"] and (
+        applies(state, "service-account", token.get("serviceAccountEmail", ""),
+                {"roles/iam.serviceAccountTokenCreator"}, agent)
+        or applies(state, "project", state["project"], {"roles/pubsub.serviceAgent"}, agent)
+    )  # fmt: skip
+    name = service["metadata"]["name"]
+    if not (
+        may_sign
+        and applies(state, "service", name, {"roles/run.invoker"}, invoker)
+        and token.get("audience") == service["status"]["url"]
+    ):
+        state["refused_pushes"] += 1
+        return False
+    container = service["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value", "") for e in container["env"]}
+    runtime = f"serviceAccount:{service['spec']['template']['spec']['serviceAccountName']}"
+    behaviour = state["function_behaviour"]
+    output = env["PUBLISH_STREAM"] if behaviour == "predict" else env["DEAD_LETTER_STREAM"]
+    if behaviour == "fail" or not applies(
+        state, "topic", output, {"roles/pubsub.publisher"}, runtime
+    ):
+        return False
+    attributes = message["attributes"]
+    marker = {"deploy_verify": attributes["deploy_verify"]} if "deploy_verify" in attributes else {}
+    ride = json.loads(base64.b64decode(message["data"]))
+    if behaviour == "predict":
+        body = {
+            "model": env["MODEL_NAME"],
+            "version": "v1",
+            "prediction": {**PREDICTION, "ride_id": ride["ride_id"]},
+        }
+        publish(state, output, json.dumps(body).encode(),
+                {"ride_id": str(ride["ride_id"]), "model_version": "v1",
+                 "source_message_id": message["messageId"], **marker})  # fmt: skip
+    else:
+        reasons = {"dlq_reason": DLQ_REASON, "dlq_source_subscription": env["SOURCE_SUBSCRIPTION"]}
+        publish(state, output, base64.b64decode(message["data"]), {**attributes, **reasons})
+    return True
+
+
+def topics(call: Call) -> None:
+    verb, state = call.words[2], call.state
+    if verb == "create":
+        topic = call.words[3]
+        call.project()
+        if topic in state["topics"]:
+            raise GcloudError(f"ALREADY_EXISTS: Resource already exists (topic {topic}).")
+        state["topics"][topic] = {
+            "name": topic_path(state, topic),
+            "labels": labels_of(call.flag("labels")),
+        }
+    elif verb == "list":
+        call.project()
+        call.print(list(state["topics"].values()))
+    elif verb == "describe":
+        call.print([state["topics"][find("topics", "topic")(call)]])
+    elif verb == "delete":
+        topic = find("topics", "topic")(call)
+        del state["topics"][topic]
+        state["policies"].pop(f"topic:{topic}", None)
+    elif verb == "publish":
+        topic = find("topics", "topic")(call)
+        attributes = dict(str(p).split("=", 1) for p in call.require("attribute").split(","))
+        message_id = publish(state, topic, call.require("message").encode(), attributes)
+        call.stdout.write(f"messageIds:\n- '{message_id}'\n")
+    else:
+        iam("topic", find("topics", "topic"))(call)
 
 
 def subscriptions(call: Call) -> None:
-    verb = call.words[2]
-    state = call.state
+    verb, state = call.words[2], call.state
     if verb == "create":
         call.project()
-        name = call.words[3]
+        name, topic = call.words[3], call.require("topic")
         if name in state["subscriptions"]:
-            raise GcloudError(
-                f"ALREADY_EXISTS: Resource already exists in the project (subscription {name})."
-            )
-        topic = call.require("topic")
+            raise GcloudError(f"ALREADY_EXISTS: Resource already exists (subscription {name}).")
         if topic not in state["topics"]:
-            raise call.not_found(f"topic {topic}")
-        subscription: dict[str, Any] = {
+            raise GcloudError(f"NOT_FOUND: Resource not found (topic {topic}).")
+        state["subscriptions"][name] = {
             "name": f"projects/{state['project']}/subscriptions/{name}",
-            "topic": _topic_path(state, topic),
+            "topic": topic_path(state, topic),
             "ackDeadlineSeconds": 10,
-            "messageRetentionDuration": f"{PUBSUB_DEFAULT_RETENTION}s",
-            "expirationPolicy": {"ttl": f"{PUBSUB_DEFAULT_TTL}s"},
-            "labels": _labels(call.flag("labels")),
+            "messageRetentionDuration": f"{7 * DAY}s",
+            "expirationPolicy": {"ttl": f"{31 * DAY}s"},
+            "labels": labels_of(call.flag("labels")),
+            **({"filter": call.flag("message-filter")} if call.flag("message-filter") else {}),
         }
-        if call.flag("message-filter"):
-            subscription["filter"] = call.flag("message-filter")
-        state["subscriptions"][name] = subscription
-        _update_subscription(call, subscription)
+        _update_subscription(call, name)
     elif verb == "update":
-        name = _existing_subscription(call)
-        _update_subscription(call, state["subscriptions"][name])
+        _update_subscription(call, find("subscriptions", "subscription")(call))
+    elif verb == "list":
+        call.project()
+        call.print(list(state["subscriptions"].values()))
     elif verb == "describe":
-        call.print([state["subscriptions"][_existing_subscription(call)]])
+        call.print([state["subscriptions"][find("subscriptions", "subscription")(call)]])
     elif verb == "delete":
-        name = _existing_subscription(call)
+        name = find("subscriptions", "subscription")(call)
         del state["subscriptions"][name]
         state["messages"].pop(name, None)
-        state["policies"].pop(policy_key("subscription", name), None)
+        state["policies"].pop(f"subscription:{name}", None)
     elif verb == "pull":
-        name = _existing_subscription(call)
-        limit = int(call.flag("limit", "1"))
-        call.print(state["messages"].get(name, [])[:limit])
+        name = find("subscriptions", "subscription")(call)
+        call.print(state["messages"].get(name, [])[: int(call.flag("limit", "1"))])
     else:
-        iam_policy_command("subscription", _existing_subscription)(call)
+        iam("subscription", find("subscriptions", "subscription"))(call)
 
 
-def _update_subscription(call: Call, subscription: dict[str, Any]) -> None:
-    state = call.state
+def _update_subscription(call: Call, name: str) -> None:
+    state, subscription = call.state, call.state["subscriptions"][name]
     if call.flag("ack-deadline"):
-        deadline = int(call.flag("ack-deadline"))
-        if not 10 <= deadline <= 600:
-            raise GcloudError("INVALID_ARGUMENT: ack deadline must be 10 to 600 seconds")
-        subscription["ackDeadlineSeconds"] = deadline
+        subscription["ackDeadlineSeconds"] = int(call.flag("ack-deadline"))
     if call.flag("min-retry-delay") or call.flag("max-retry-delay"):
         subscription["retryPolicy"] = {
             "minimumBackoff": f"{seconds(call.flag('min-retry-delay', '10s'))}s",
             "maximumBackoff": f"{seconds(call.flag('max-retry-delay', '600s'))}s",
         }
     if call.flag("message-retention-duration"):
-        retention = seconds(call.flag("message-retention-duration"))
-        if not 600 <= retention <= 31 * DAY:
-            raise GcloudError("INVALID_ARGUMENT: retention must be 10 minutes to 31 days")
-        subscription["messageRetentionDuration"] = f"{retention}s"
+        subscription["messageRetentionDuration"] = (
+            f"{seconds(call.flag('message-retention-duration'))}s"
+        )
     if call.flag("expiration-period"):
         period = call.flag("expiration-period")
         subscription["expirationPolicy"] = (
             {} if period == "never" else {"ttl": f"{seconds(period)}s"}
         )
+    if call.flag("push-endpoint"):  # the whole push config is replaced
+        subscription["pushConfig"] = {"pushEndpoint": call.flag("push-endpoint")}
+        if call.flag("push-auth-service-account"):
+            subscription["pushConfig"]["oidcToken"] = {
+                "serviceAccountEmail": call.flag("push-auth-service-account"),
+                "audience": call.flag("push-auth-token-audience", call.flag("push-endpoint")),
+            }
     if call.flag("dead-letter-topic"):
         topic = call.flag("dead-letter-topic")
         if topic not in state["topics"]:
-            raise call.not_found(f"topic {topic}")
+            raise GcloudError(f"NOT_FOUND: Resource not found (topic {topic}).")
         subscription["deadLetterPolicy"] = {
-            "deadLetterTopic": _topic_path(state, topic),
+            "deadLetterTopic": topic_path(state, topic),
             "maxDeliveryAttempts": int(call.flag("max-delivery-attempts", "5")),
         }
-        # Pub/Sub itself forwards dead letters: without these grants they would be lost (the
-        # console warns the same way when the policy is set).
-        name = subscription["name"].rsplit("/", 1)[1]
-        agent = pubsub_agent(state)
-        if not (
-            has_role(state, "topic", topic, {"roles/pubsub.publisher"}, agent)
-            and has_role(state, "subscription", name, {"roles/pubsub.subscriber"}, agent)
-        ):
-            call.warn(f"dead-letter policy on {name} set before the Pub/Sub service agent's grants")
     if call.flag("update-labels"):
-        subscription["labels"].update(_labels(call.flag("update-labels")))
+        subscription["labels"].update(labels_of(call.flag("update-labels")))
+    if subscription.get("pushConfig", {}).get("pushEndpoint"):
+        deliver(state, name)
 
 
-# -- IAM service accounts
+# ------------------------------------------------------------------ IAM, storage, registry
 
 
 def service_accounts(call: Call) -> None:
-    verb = call.words[2]
-    state = call.state
+    verb, state = call.words[2], call.state
     if verb == "create":
-        project = call.project()
-        email = sa_email(project, call.words[3])
+        email = sa_email(call.project(), call.words[3])
         if email in state["service_accounts"]:
             raise GcloudError(f"ALREADY_EXISTS: Service account {email} already exists.")
         state["service_accounts"][email] = {
             "email": email,
-            "name": f"projects/{project}/serviceAccounts/{email}",
-            "displayName": call.flag("display-name", ""),
             "description": call.flag("description", ""),
+            "displayName": call.flag("display-name", ""),
         }
-        if state.get("propagation_delays"):
+        if state.get("new_accounts_unpropagated"):
             state["unpropagated"].append(email)
+    elif verb == "list":
+        call.project()
+        call.print(list(state["service_accounts"].values()))
     elif verb == "describe":
-        call.print([state["service_accounts"][_existing_service_account(call)]])
+        call.print([state["service_accounts"][find("service_accounts", "service account")(call)]])
     elif verb == "delete":
-        email = _existing_service_account(call)
+        email = find("service_accounts", "service account")(call)
         del state["service_accounts"][email]
-        state["policies"].pop(policy_key("serviceAccount", email), None)
-        # IAM keeps a deleted account's bindings, renamed.
-        for policy in state["policies"].values():
+        state["policies"].pop(f"service-account:{email}", None)
+        for policy in state["policies"].values():  # IAM keeps a deleted account's bindings
             for binding in policy["bindings"]:
                 binding["members"] = [
                     f"deleted:{m}?uid=1" if m == f"serviceAccount:{email}" else m
                     for m in binding["members"]
                 ]
     else:
-        iam_policy_command("serviceAccount", _existing_service_account)(call)
+        iam("service-account", find("service_accounts", "service account"))(call)
 
 
-# -- Cloud Storage, Artifact Registry, Secret Manager, Resource Manager
+def _objects(state: dict[str, Any], url: str) -> list[str]:
+    prefix = url.removesuffix("**")
+    return sorted(key for key in state["objects"] if key.startswith(prefix.rstrip("/") + "/"))
 
 
-def _existing_bucket(call: Call) -> str:
-    url = call.words[3]
-    bucket = url.removeprefix("gs://")
-    if bucket not in call.state["buckets"]:
-        raise GcloudError(f"gs://{bucket} not found: 404.")
-    return bucket
-
-
-def buckets(call: Call) -> None:
-    if call.words[2] == "describe":
-        call.print([{"name": _existing_bucket(call)}])
-    else:
-        iam_policy_command("bucket", _existing_bucket)(call)
+def storage(call: Call) -> None:
+    state, words = call.state, call.words
+    if words[1] == "buckets":
+        verb = words[2]
+        if verb == "create":
+            bucket = words[3].removeprefix("gs://")
+            if bucket in state["buckets"]:
+                raise GcloudError(
+                    f"HTTPError 409: The requested bucket name {bucket} is not available."
+                )
+            state["buckets"][bucket] = {
+                "name": bucket,
+                "labels": {},
+                "location": call.flag("location"),
+            }
+        elif verb == "describe":
+            call.print([state["buckets"][find("buckets", "bucket")(call)]])
+        elif verb == "update":
+            state["buckets"][find("buckets", "bucket")(call)]["labels"].update(
+                labels_of(call.flag("update-labels"))
+            )
+        else:
+            iam("bucket", find("buckets", "bucket"))(call)
+        return
+    url = words[-1] if words[1] != "rm" else words[2]
+    bucket = url.removeprefix("gs://").split("/", 1)[0]
+    if words[1] == "cat":
+        if url not in state["objects"]:
+            raise GcloudError(f"The following URLs matched no objects or files:\n-{url}")
+        call.stdout.write(state["objects"][url])
+    elif words[1] == "cp":
+        if bucket not in state["buckets"]:
+            raise GcloudError(f"gs://{bucket} not found: 404.")
+        state["objects"][url] = call.stdin
+    elif words[1] == "ls":
+        found = _objects(state, url)
+        if not found:
+            raise GcloudError("One or more URLs matched no objects.")
+        call.stdout.write("".join(f"{key}\n" for key in found))
+    elif words[1] == "rm":
+        for key in _objects(state, url) or [url]:
+            if key not in state["objects"] and url.count("/") > 2:
+                raise GcloudError(f"The following URLs matched no objects or files:\n-{url}")
+            state["objects"].pop(key, None)
+        if url.rstrip("/") == f"gs://{bucket}":
+            del state["buckets"][bucket]
+            state["policies"].pop(f"bucket:{bucket}", None)
 
 
 def repositories(call: Call) -> None:
-    verb = call.words[2]
-    state = call.state
+    verb, state = call.words[2], call.state
+    finder = find("repositories", "repository")
     if verb == "create":
         call.project()
-        region = call.region("location")
+        call.region("location")
         name = call.words[3]
         if name in state["repositories"]:
             raise GcloudError(f"ALREADY_EXISTS: the repository already exists ({name}).")
-        if call.require("repository-format") != "docker":
-            raise GcloudError("fake gcloud: only docker repositories are modelled", 2)
         state["repositories"][name] = {
-            "name": f"projects/{state['project']}/locations/{region}/repositories/{name}",
-            "format": "DOCKER",
-            "labels": _labels(call.flag("labels")),
-            "description": call.flag("description", ""),
+            "name": f"projects/{state['project']}/locations/{state['region']}/repositories/{name}",
+            "format": call.require("repository-format").upper(),
+            "labels": labels_of(call.flag("labels")),
         }
+    elif verb == "list":
+        call.project()
+        call.region("location")
+        call.print(list(state["repositories"].values()))
     elif verb == "describe":
-        call.print([state["repositories"][_existing_repository(call)]])
+        call.print([state["repositories"][finder(call)]])
     elif verb == "delete":
-        name = _existing_repository(call)
+        name = finder(call)
         del state["repositories"][name]
-        state["policies"].pop(policy_key("repository", name), None)
+        state["policies"].pop(f"repository:{name}", None)
     elif verb == "set-cleanup-policies":
-        name = _existing_repository(call)
-        repository = state["repositories"][name]
-        if call.flag("policy"):
-            repository["cleanupPolicies"] = _cleanup_policies(call, call.flag("policy"))
-        if "dry-run" in call.flags or "no-dry-run" in call.flags:
-            repository["cleanupPolicyDryRun"] = "dry-run" in call.flags
+        repository = state["repositories"][finder(call)]
+        repository["cleanupPolicies"] = _cleanup_policies(call, call.require("policy"))
+        repository["cleanupPolicyDryRun"] = "dry-run" in call.flags
     else:
-        iam_policy_command("repository", _existing_repository)(call)
+        iam("repository", finder)(call)
 
 
 def _cleanup_policies(call: Call, path: str) -> dict[str, Any]:
     """The policy file as Artifact Registry stores it (parsed by gcloud's own code)."""
     from googlecloudsdk.command_lib.artifacts import cleanup_policy_util
 
-    parsed = cleanup_policy_util.ParseCleanupPolicy(str(Path(call.cwd, path)))
     stored = {}
-    for name, policy in parsed.items():
+    for name, policy in cleanup_policy_util.ParseCleanupPolicy(str(Path(call.cwd, path))).items():
         entry: dict[str, Any] = {"id": name, "action": policy["action"].upper()}
         if policy["condition"]:
             entry["condition"] = {
-                key: f"{int(float(value[:-1]))}s" if key.endswith("Than") else value
-                for key, value in policy["condition"].items()
+                k: f"{int(float(v[:-1]))}s" if k.endswith("Than") else v
+                for k, v in policy["condition"].items()
             }
         if policy["mostRecentVersions"]:
             entry["mostRecentVersions"] = policy["mostRecentVersions"]
@@ -785,352 +704,283 @@ def _cleanup_policies(call: Call, path: str) -> dict[str, Any]:
 
 
 def secrets(call: Call) -> None:
+    name = find("secrets", "secret", index=2)(call)
     if call.words[1] == "describe":
-        name = _existing_secret(call)
         call.print([{"name": f"projects/{call.state['number']}/secrets/{name}"}])
     else:
-        iam_policy_command("secret", _existing_secret)(call)
+        iam("secret", find("secrets", "secret", index=2))(call)
 
 
 def _this_project(call: Call) -> str:
     if call.words[2] != call.state["project"]:
-        raise call.not_found(call.words[2])
+        raise GcloudError(f"NOT_FOUND: project {call.words[2]}")
     return str(call.words[2])
 
 
-# -- Cloud Functions, Cloud Run, Eventarc
-
-
-def _existing_function(call: Call) -> str:
+def services_identity_create(call: Call) -> None:
     call.project()
-    call.region()
-    name = call.words[2]
-    if name not in call.state["functions"]:
-        raise GcloudError(
-            f"NOT_FOUND: Resource 'projects/{call.state['project']}/locations/"
-            f"{call.state['region']}/functions/{name}' was not found"
-        )
-    return name
-
-
-def _env_vars(value: str) -> dict[str, str]:
-    match = re.fullmatch(r"\^([^^]+)\^(.*)", value, re.DOTALL)
-    delimiter, pairs = match.groups() if match else (",", value)
-    return dict(pair.split("=", 1) for pair in pairs.split(delimiter))
-
-
-def _build_may_run(call: Call, build_account: str, repository: str) -> list[str]:
-    """What the build account lacks (docs: functions/docs/securing/build-custom-sa)."""
     state = call.state
-    member = f"serviceAccount:{build_account}"
-    sources = f"gcf-v2-sources-{state['number']}-{state['region']}"
-    project = state["project"]
-    missing = []
-    if not has_role(state, "project", project, {"roles/logging.logWriter"}, member):
-        missing.append("roles/logging.logWriter on the project")
-    if not (
-        has_role(state, "repository", repository, {"roles/artifactregistry.writer"}, member)
-        or has_role(state, "project", project, {"roles/artifactregistry.writer"}, member)
-    ):
-        missing.append(f"roles/artifactregistry.writer on {repository}")
-    if not (
-        has_role(state, "bucket", sources, {"roles/storage.objectAdmin"}, member)
-        or has_role(state, "project", project, {"roles/storage.objectAdmin"}, member)
-    ):
-        missing.append(f"roles/storage.objectAdmin on gs://{sources}")
-    return missing
-
-
-def functions_deploy(call: Call) -> None:
-    state = call.state
-    project = call.project()
-    region = call.region()
-    name = call.words[2]
-    existing = state["functions"].get(name)
-    if "gen2" not in call.flags:
-        raise GcloudError("fake gcloud: only 2nd gen functions are modelled", 2)
-    if existing is None and not call.flag("runtime"):
-        raise GcloudError("Flag `--runtime` is required for new functions.", 2)
-    for api in DEPLOY_APIS:
-        if api not in state["apis"]:
-            call.warn(f"Service {api} is not enabled. This operation may not succeed.")
-            raise GcloudError(f"PERMISSION_DENIED: {api} is disabled")
-    # ensure_pubsub_sa_has_token_creator_role(): project level only; unattended it only warns.
-    agent = pubsub_agent(state)
-    if not has_role(
-        state,
-        "project",
-        project,
-        {"roles/iam.serviceAccountTokenCreator", "roles/pubsub.serviceAgent"},
-        agent,
-    ):
-        call.stderr.write(
-            f"Service account [{agent.split(':')[1]}] is missing the role "
-            "[roles/iam.serviceAccountTokenCreator].\n"
+    if not state["pubsub_agent"]:
+        state["pubsub_agent"] = True
+        # Projects from after 8 April 2021: Google grants the agent this role on the project.
+        add_binding(
+            state, "project", state["project"], "roles/pubsub.serviceAgent", pubsub_agent(state)
         )
-        call.warn("Manual binding of above role may be necessary.")
-    for account_flag in ("service-account", "trigger-service-account"):
-        email = call.require(account_flag)
-        if email not in state["service_accounts"]:
-            raise GcloudError(f"INVALID_ARGUMENT: Service account {email} does not exist.")
-    # The upload creates the sources bucket; then the build runs as the build account.
-    sources = f"gcf-v2-sources-{state['number']}-{region}"
-    if sources not in state["buckets"]:
-        state["buckets"].append(sources)
-    build_flag = call.flag("build-service-account")
-    if build_flag is None:
-        # ValidateDefaultBuildServiceAccountAndPromptWarning() cannot prompt: the build runs as
-        # the default account, which a project created since July 2024 lets build nothing.
-        raise GcloudError(
-            "OperationError: code=3, message=Build failed: the default build service account "
-            f"{state['number']}-compute@developer.gserviceaccount.com lacks "
-            "roles/cloudbuild.builds.builder"
-        )
-    build_account = build_flag.rsplit("/", 1)[1]
-    if build_account not in state["service_accounts"]:
-        raise GcloudError(f"INVALID_ARGUMENT: Service account {build_account} does not exist.")
-    repository_path = call.require("docker-repository")
-    repository = repository_path.rsplit("/", 1)[1]
-    if repository not in state["repositories"]:
-        raise GcloudError(f"NOT_FOUND: repository {repository_path} not found")
-    missing = _build_may_run(call, build_account, repository)
-    if missing:
-        raise GcloudError(
-            "OperationError: code=3, message=Build failed: build service account "
-            f"{build_account} lacks {', '.join(missing)}"
-        )
-    _fault_guard(call)  # the Eventarc trigger is created after the build
-    _write_function(call, name, existing)
+        state["granted_at"][
+            f"project|{state['project']}|roles/pubsub.serviceAgent|{pubsub_agent(state)}"
+        ] = LONG_AGO
+    call.stderr.write(f"Service identity created: {pubsub_agent(state).split(':')[1]}\n")
 
 
-def _secret_env(call: Call) -> list[dict[str, str]]:
-    if "clear-secrets" in call.flags or not call.flag("set-secrets"):
-        return []
-    found = []
-    for pair in str(call.flag("set-secrets")).split(","):
+# ------------------------------------------------------------------------------ Cloud Run
+
+
+def _build_missing(state: dict[str, Any], account: str, repository: str) -> list[str]:
+    """What the build account lacks (docs: run/docs/configuring/services/build-service-account)."""
+    member, project = f"serviceAccount:{account}", state["project"]
+    builder = {"roles/run.builder", "roles/cloudbuild.builds.builder"}
+    sources = f"run-sources-{project}-{state['region']}"
+    checks = {
+        "roles/logging.logWriter on the project": applies(
+            state, "project", project, {"roles/logging.logWriter"} | builder, member
+        ),
+        f"roles/artifactregistry.writer on {repository}": applies(
+            state, "repository", repository, {"roles/artifactregistry.writer"}, member
+        )
+        or applies(state, "project", project, {"roles/artifactregistry.writer"} | builder, member),
+        f"read on gs://{sources}": applies(
+            state,
+            "bucket",
+            sources,
+            {"roles/storage.objectViewer", "roles/storage.objectAdmin"},
+            member,
+        )
+        or applies(state, "project", project, {"roles/storage.objectViewer"} | builder, member),
+    }
+    return [what for what, ok in checks.items() if not ok]
+
+
+def _apply_settings(call: Call, service: dict[str, Any]) -> None:
+    """The settings flags, as gcloud's config changes write them (command_lib/run)."""
+    template = service["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    container = template["spec"]["containers"][0]
+    if call.flag("service-account"):
+        template["spec"]["serviceAccountName"] = call.flag("service-account")
+    if call.flag("cpu"):
+        container["resources"]["limits"]["cpu"] = f"{round(float(call.flag('cpu')) * 1000)}m"
+    if call.flag("memory"):
+        container["resources"]["limits"]["memory"] = call.flag("memory")
+    if call.flag("concurrency"):
+        template["spec"]["containerConcurrency"] = int(call.flag("concurrency"))
+    if call.flag("timeout"):
+        template["spec"]["timeoutSeconds"] = seconds(call.flag("timeout"))
+    if call.flag("min-instances") == "0":
+        annotations.pop("autoscaling.knative.dev/minScale", None)
+    elif call.flag("min-instances"):
+        annotations["autoscaling.knative.dev/minScale"] = call.flag("min-instances")
+    if call.flag("max-instances"):
+        annotations["autoscaling.knative.dev/maxScale"] = call.flag("max-instances")
+    if call.flag("ingress"):
+        service["metadata"]["annotations"]["run.googleapis.com/ingress"] = call.flag("ingress")
+    for flag, key in (("cpu-throttling", "cpu-throttling"), ("cpu-boost", "startup-cpu-boost")):
+        for value in (True, False):
+            if f"{'' if value else 'no-'}{flag}" in call.flags:
+                annotations[f"run.googleapis.com/{key}"] = str(value)
+    env = [e for e in container["env"] if "valueFrom" in e]
+    if call.flag("set-env-vars"):
+        match = re.fullmatch(r"\^([^^]+)\^(.*)", call.flag("set-env-vars"), re.DOTALL)
+        delimiter, pairs = match.groups() if match else (",", call.flag("set-env-vars"))
+        literal = [
+            dict(zip(("name", "value"), p.split("=", 1), strict=True))
+            for p in pairs.split(delimiter)
+        ]
+        env = literal + env
+    if "clear-secrets" in call.flags or call.flag("set-secrets"):
+        env = [e for e in env if "valueFrom" not in e]
+    for pair in (call.flag("set-secrets") or "").split(",") if call.flag("set-secrets") else []:
         key, reference = pair.split("=", 1)
         secret, version = reference.split(":")
         if secret not in call.state["secrets"]:
-            raise GcloudError(f"NOT_FOUND: secret {secret} not found")
-        # Cloud Run checks at deploy time that the function's account may read each secret.
-        runtime = f"serviceAccount:{call.flag('service-account')}"
-        if not has_role(
-            call.state, "secret", secret, {"roles/secretmanager.secretAccessor"}, runtime
+            raise GcloudError(f"NOT_FOUND: secret {secret}")
+        account = template["spec"]["serviceAccountName"]
+        if not applies(
+            call.state,
+            "secret",
+            secret,
+            {"roles/secretmanager.secretAccessor"},
+            f"serviceAccount:{account}",
         ):
-            raise GcloudError(SECRET_PERMISSION_ERROR.format(secret=secret, **call.state))
-        found.append(
-            {"key": key, "projectId": call.state["project"], "secret": secret, "version": version}
+            raise GcloudError(
+                SECRET_PERMISSION_ERROR.format(
+                    number=call.state["number"], secret=secret, account=account
+                )
+            )
+        env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": version}}})
+    container["env"] = env
+    service["metadata"]["labels"].update(labels_of(call.flag("update-labels")))
+
+
+def run_deploy(call: Call) -> None:
+    state, name = call.state, call.words[2]
+    project, region = call.project(), call.region()
+    for api in (
+        "run.googleapis.com",
+        "artifactregistry.googleapis.com",
+        "cloudbuild.googleapis.com",
+    ):
+        if api not in state["apis"]:
+            raise GcloudError(
+                f"PERMISSION_DENIED: {api} has not been used in project {state['number']}"
+            )
+    image = call.require("image")
+    repository = image.split("/")[2]
+    if repository not in state["repositories"] or image.split("/")[3] != name:
+        raise GcloudError(
+            f"Invalid value for [--image]: The artifact repository provided does not exist: {image}.",
+            2,
         )
-    return found
-
-
-def _write_function(call: Call, name: str, existing: dict[str, Any] | None) -> None:
-    state = call.state
-    project, region = state["project"], state["region"]
-    labels = dict(existing["labels"]) if existing else {}
-    labels.update(_labels(call.flag("update-labels")))
-    function = {
-        "name": f"projects/{project}/locations/{region}/functions/{name}",
-        "state": "ACTIVE",
-        "environment": "GEN_2",
-        "labels": labels,
-        "buildConfig": {
-            "runtime": call.flag("runtime"),
-            "entryPoint": call.flag("entry-point"),
-            "serviceAccount": call.flag("build-service-account"),
-            "dockerRepository": call.flag("docker-repository"),
-        },
-        "serviceConfig": {
-            "service": f"projects/{project}/locations/{region}/services/{name}",
-            "serviceAccountEmail": call.flag("service-account"),
-            "availableCpu": call.flag("cpu"),
-            "availableMemory": call.flag("memory"),
-            "maxInstanceRequestConcurrency": int(call.flag("concurrency", "1")),
-            "timeoutSeconds": seconds(call.flag("timeout", "60s")),
-            "minInstanceCount": int(call.flag("min-instances", "0")),
-            "maxInstanceCount": int(call.flag("max-instances", "100")),
-            "ingressSettings": call.flag("ingress-settings"),
-            "environmentVariables": _env_vars(call.require("set-env-vars")),
-            "secretEnvironmentVariables": _secret_env(call),
-        },
-        "eventTrigger": {
-            "pubsubTopic": _topic_path(state, call.require("trigger-topic")),
-            "serviceAccountEmail": call.flag("trigger-service-account"),
-            "retryPolicy": "RETRY_POLICY_RETRY"
-            if "retry" in call.flags
-            else "RETRY_POLICY_DO_NOT_RETRY",
-        },
-    }
-    old_trigger = existing["eventTrigger"]["trigger"] if existing else None
-    if old_trigger and not state["recreate_trigger_on_deploy"]:
-        function["eventTrigger"]["trigger"] = old_trigger
-    else:
-        if old_trigger:
-            _delete_trigger(state, old_trigger)
-        function["eventTrigger"]["trigger"] = _create_trigger(call, name, function)
-    state["functions"][name] = function
-    service = state["run_services"].setdefault(
-        name,
-        {
-            "apiVersion": "serving.knative.dev/v1",
-            "kind": "Service",
-            "metadata": {"name": name},
-            "spec": {"template": {"metadata": {"annotations": {}}}},
-        },
+    build_path = call.flag("build-service-account")
+    if (
+        not build_path
+    ):  # gcloud would build as the default account, which a new project lets build nothing
+        raise GcloudError(
+            f"Build failed: {state['number']}-compute@developer.gserviceaccount.com lacks roles/run.builder"
+        )
+    account = build_path.rsplit("/", 1)[1]
+    if account not in state["service_accounts"]:
+        raise GcloudError(f"Build service account {build_path} does not exist.")
+    sources = f"run-sources-{project}-{region}"
+    state["buckets"].setdefault(sources, {"name": sources, "labels": {}, "location": region})
+    state["objects"][f"gs://{sources}/services/{name}/{call.next_id()}.zip"] = "source"
+    missing = _build_missing(state, account, repository)
+    if missing:
+        raise GcloudError(
+            BUILD_PERMISSION_ERROR.format(account=account) + " Missing: " + ", ".join(missing)
+        )
+    if call.require("service-account") not in state["service_accounts"]:
+        raise GcloudError(f"Service account {call.flag('service-account')} does not exist.")
+    service = copy.deepcopy(state["services"].get(name)) or {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": name, "labels": {}, "annotations": {"run.googleapis.com/ingress": "all"}},
+        "spec": {"template": {"metadata": {"annotations": {"run.googleapis.com/startup-cpu-boost": "True"}},
+                              "spec": {"containers": [{"resources": {"limits": {}}, "env": []}]}}},
+        "status": {"url": f"https://{name}-{state['number']}.{region}.run.app"},
+    }  # fmt: skip
+    service["spec"]["template"]["spec"]["containers"][0]["image"] = (
+        f"{image}@sha256:{call.next_id():064d}"
     )
-    if existing and state["deploy_resets_cpu_boost"]:
-        service["spec"]["template"]["metadata"]["annotations"].pop(
-            "run.googleapis.com/startup-cpu-boost", None
-        )
-
-
-def _create_trigger(call: Call, name: str, function: dict[str, Any]) -> str:
-    """Eventarc's trigger and its push subscription, with Eventarc's defaults."""
-    state = call.state
-    number = call.next_id()
-    trigger_id = f"{name}-{number:06d}"
-    subscription = f"eventarc-{state['region']}-{trigger_id}-sub-{number:03d}"
-    state["subscriptions"][subscription] = {
-        "name": f"projects/{state['project']}/subscriptions/{subscription}",
-        "topic": function["eventTrigger"]["pubsubTopic"],
-        "ackDeadlineSeconds": 10,
-        "retryPolicy": {"minimumBackoff": "10s", "maximumBackoff": "600s"},
-        "messageRetentionDuration": f"{DAY}s",
-        "expirationPolicy": {"ttl": f"{PUBSUB_DEFAULT_TTL}s"},
-        "pushConfig": {
-            "pushEndpoint": f"https://{name}-abc-uc.a.run.app",
-            "oidcToken": {"serviceAccountEmail": function["eventTrigger"]["serviceAccountEmail"]},
-        },
-        "labels": {"goog-eventarc": ""},
-    }
-    path = f"projects/{state['project']}/locations/{state['region']}/triggers/{trigger_id}"
-    state["triggers"][trigger_id] = {
-        "name": path,
-        "transport": {
-            "pubsub": {
-                "topic": function["eventTrigger"]["pubsubTopic"],
-                "subscription": f"projects/{state['project']}/subscriptions/{subscription}",
-            }
-        },
-    }
-    return path
-
-
-def _delete_trigger(state: dict[str, Any], path: str) -> None:
-    trigger = state["triggers"].pop(path.rsplit("/", 1)[1])
-    subscription = trigger["transport"]["pubsub"]["subscription"].rsplit("/", 1)[1]
-    state["subscriptions"].pop(subscription, None)
-    state["policies"].pop(policy_key("subscription", subscription), None)
-
-
-def functions(call: Call) -> None:
-    verb = call.words[1]
-    state = call.state
-    if verb == "deploy":
-        functions_deploy(call)
-    elif verb == "describe":
-        call.print([state["functions"][_existing_function(call)]])
-    elif verb == "delete":
-        name = _existing_function(call)
-        function = state["functions"].pop(name)
-        _delete_trigger(state, function["eventTrigger"]["trigger"])
-        state["run_services"].pop(name, None)
-        state["policies"].pop(policy_key("runService", name), None)
-    elif call.words[1:3] == ["logs", "read"]:
-        call.project()
-        call.region()
-        call.stdout.write("LEVEL  NAME  TIME_UTC  LOG\nI  ride-prediction  ...  prediction\n")
-    else:
-        raise GcloudError(f"fake gcloud: unknown functions command {verb}", 2)
+    service["metadata"]["annotations"]["run.googleapis.com/build-function-target"] = call.require(
+        "function"
+    )
+    service["metadata"]["annotations"]["run.googleapis.com/base-images"] = call.require(
+        "base-image"
+    )
+    _apply_settings(call, service)
+    state["services"][name] = service
 
 
 def run_services(call: Call) -> None:
-    verb = call.words[2]
-    state = call.state
+    verb, state = call.words[2], call.state
+    finder = find("services", "service")
     if verb == "describe":
-        call.print([state["run_services"][_existing_service(call)]])
+        call.print([state["services"][finder(call)]])
     elif verb == "update":
-        name = _existing_service(call)
-        annotations = state["run_services"][name]["spec"]["template"]["metadata"]["annotations"]
-        for flag, value in (("cpu-boost", True), ("no-cpu-boost", False)):
-            if flag in call.flags:
-                # config_changes.StartupCpuBoostChange writes str(bool).
-                annotations["run.googleapis.com/startup-cpu-boost"] = str(value)
+        service = copy.deepcopy(state["services"][finder(call)])
+        _apply_settings(call, service)
+        state["services"][service["metadata"]["name"]] = service
+    elif verb == "delete":
+        name = finder(call)
+        del state["services"][name]
+        state["policies"].pop(f"service:{name}", None)
+    elif verb == "logs":
+        find("services", "service", index=4)(call)
+        call.stdout.write("LEVEL  NAME  TIME_UTC  LOG\nI  ride-prediction  ...  prediction\n")
     else:
-        iam_policy_command("runService", _existing_service)(call)
+        iam("service", finder)(call)
 
 
-def eventarc_triggers(call: Call) -> None:
-    call.project()
-    call.region("location")
-    path = call.words[3]
-    trigger = call.state["triggers"].get(path.rsplit("/", 1)[1])
-    if trigger is None:
-        raise call.not_found(f"trigger {path}")
-    call.print([trigger])
+def functions(call: Call) -> None:
+    name = find("functions", "function", index=2)(call)
+    call.region()
+    if call.words[1] == "describe":
+        call.print([call.state["functions"][name]])
+    elif call.words[1] == "detach":
+        del call.state["functions"][name]  # the service stays, now a plain Cloud Run service
+    else:
+        raise GcloudError(f"fake gcloud: functions {call.words[1]} not modelled", 2)
 
 
 # The commands deploy.sh may run, by their leading words.
 COMMANDS: dict[tuple[str, ...], Callable[[Call], None]] = {
     ("config", "get-value"): lambda call: call.stdout.write(call.state["project"] + "\n"),
-    ("services", "list"): services_list,
-    ("services", "enable"): services_enable,
+    ("services", "list"): lambda call: call.print(
+        [{"config": {"name": api}} for api in call.state["apis"]]
+    ),
+    ("services", "enable"): lambda call: call.state["apis"].extend(
+        api for api in call.words[2:] if api not in call.state["apis"]
+    ),
     ("beta", "services", "identity", "create"): services_identity_create,
-    ("projects", "describe"): projects_describe,
-    ("projects", "get-iam-policy"): iam_policy_command("project", _this_project),
-    ("projects", "add-iam-policy-binding"): iam_policy_command("project", _this_project),
-    ("projects", "remove-iam-policy-binding"): iam_policy_command("project", _this_project),
+    ("projects", "describe"): lambda call: call.print(
+        [{"projectId": _this_project(call), "projectNumber": call.state["number"]}]
+    ),
+    ("projects",): iam("project", _this_project),
     ("pubsub", "topics"): topics,
     ("pubsub", "subscriptions"): subscriptions,
     ("iam", "service-accounts"): service_accounts,
-    ("storage", "buckets"): buckets,
+    ("storage",): storage,
     ("artifacts", "repositories"): repositories,
     ("secrets",): secrets,
-    ("functions",): functions,
+    ("run", "deploy"): run_deploy,
     ("run", "services"): run_services,
-    ("eventarc", "triggers", "describe"): eventarc_triggers,
+    ("functions",): functions,
 }
 
 
-def handle(state: dict[str, Any], args: list[str], env: dict[str, str], cwd: str) -> dict[str, Any]:
+def handle(state: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     """Run one call against ``state`` (changed in place); the reply for the client."""
-    state["calls"].append(args)
+    state["calls"].append(request["args"])
+    state["clock"] += 1  # time passes: pending pushes are tried again
+    for name, subscription in list(state["subscriptions"].items()):
+        if subscription.get("pushConfig", {}).get("pushEndpoint"):
+            deliver(state, name)
+    call = Call(state, request)
     try:
-        call = Call(state, args, env, cwd)
-    except GcloudError as error:
-        return {"stdout": "", "stderr": f"ERROR: (gcloud) {error}\n", "code": error.code}
-    try:
-        _prompt_guard(call)
-        matches = [
-            command
-            for prefix, command in sorted(COMMANDS.items(), key=lambda item: -len(item[0]))
-            if tuple(call.words[: len(prefix)]) == prefix
-        ]
-        if not matches:
-            raise GcloudError(f"fake gcloud: command not modelled: {' '.join(args)}", 2)
-        command = matches[0]
-        _api_guard(call)
-        if call.words[:2] != ["functions", "deploy"]:
-            _fault_guard(call)
+        if call.env.get("CLOUDSDK_CORE_DISABLE_PROMPTS", "").lower() not in {"1", "true"}:
+            raise GcloudError(
+                "fake gcloud: prompts are enabled, gcloud may ask questions", PROMPT_EXIT
+            )
+        group = call.words[1] if call.words[:1] == ["beta"] else call.words[0]
+        api = GROUP_APIS.get(group)
+        if api and api not in state["apis"]:
+            raise GcloudError(
+                f"PERMISSION_DENIED: {api} has not been used in project {state['number']} before or "
+                "it is disabled. If you enabled this API recently, wait a few minutes for the "
+                "action to propagate to our systems and retry."
+            )
+        line = " ".join(call.args)
+        for fault in state["faults"]:
+            if fault["times"] > 0 and fault["match"] in line:
+                fault["times"] -= 1
+                raise GcloudError(fault["error"], fault.get("code", 1))
+        command = next(
+            (
+                c
+                for p, c in sorted(COMMANDS.items(), key=lambda i: -len(i[0]))
+                if tuple(call.words[: len(p)]) == p
+            ),
+            None,
+        )
+        if command is None:
+            raise GcloudError(f"fake gcloud: command not modelled: {line}", 2)
         command(call)
         code = 0
     except GcloudError as error:
-        name = ".".join(
-            word for word in call.words[:4] if not word.startswith(("gs:", "projects/"))
-        )
+        name = ".".join(w for w in call.words[:4] if not w.startswith(("gs:", "projects/")))
         call.stderr.write(f"ERROR: (gcloud.{name}) {error}\n")
         code = error.code
     return {"stdout": call.stdout.getvalue(), "stderr": call.stderr.getvalue(), "code": code}
-
-
-# ------------------------------------------------------------------------------ the server
-
-
-def _read_all(connection: socket.socket) -> bytes:
-    chunks = []
-    while chunk := connection.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def serve(socket_path: str) -> None:
@@ -1145,7 +995,7 @@ def serve(socket_path: str) -> None:
         while True:
             connection, _ = server.accept()
             with connection:
-                request = json.loads(_read_all(connection))
+                request = json.loads(b"".join(iter(lambda: connection.recv(65536), b"")))
                 if request.get("ping"):
                     connection.sendall(b'{"pong": true}')
                     continue
@@ -1153,10 +1003,10 @@ def serve(socket_path: str) -> None:
                 state = json.loads(state_path.read_text())
                 before = copy.deepcopy(state)
                 try:
-                    reply = handle(state, request["args"], request["env"], request["cwd"])
+                    reply = handle(state, request)
                 except Exception as error:  # a bug in the fake: say so, loudly
-                    before["calls"].append(request["args"])
                     state = before
+                    state["calls"].append(request["args"])
                     reply = {
                         "stdout": "",
                         "stderr": f"fake gcloud crashed: {error!r}\n",
