@@ -1,32 +1,27 @@
 """A fake ``gcloud`` for tests/test_deploy_script.py: a small, stateful model of one GCP project.
 
-deploy.sh cannot reach Google Cloud here, so its logic runs against this model of what it touches:
-APIs, Pub/Sub topics and subscriptions with their messages and pushes, service accounts, IAM
-policies, Cloud Storage buckets and objects, an Artifact Registry repository, secrets, the Cloud Run
-service, and an earlier Cloud Functions function. Each call reads the project's state from a JSON
-file, changes it as the service would and answers as gcloud 528 does: output goes through gcloud's
-own resource printer and ``--filter`` through its own filter, with the caller's expressions.
+deploy.sh cannot reach Google Cloud here, so its logic runs against this model of what it touches.
+Each call reads the project's state from a JSON file, changes it as the service would, and answers
+as gcloud 528 does: output goes through gcloud's own printer, ``--filter`` through its own filter.
 
-What it enforces, each from gcloud's source or the documentation (docs/deploy.md):
+What it enforces (from gcloud's source or the documentation, see docs/deploy.md):
 
 - Prompts: it runs as if on a terminal, so a call without ``CLOUDSDK_CORE_DISABLE_PROMPTS`` fails
-  (exit 97). An IAM edit of a policy holding conditions fails without ``--condition``
+  (exit 97); an IAM edit of a policy holding conditions fails without ``--condition``
   (``iam/iam_util.py``); a command of a disabled API fails with Service Usage's error.
-- Time: every call is one tick. A grant takes ``propagation`` ticks to apply (IAM's 2 to 7
-  minutes), a new service account is unknown to IAM for its first binding if ``unpropagated``.
-- Pushes: a push subscription delivers each message to the service whose URL its endpoint starts
-  with, once per tick, until the service accepts it: only if the push identity may invoke the
-  service, the Pub/Sub service agent may sign as it, and the audience is the service URL. A refused
-  or failed push counts as a delivery attempt; with a dead-letter policy, Pub/Sub forwards the
-  message after the last one, adding its ``CloudPubSubDeadLetter*`` attributes. A subscription
-  without a push endpoint keeps messages until it gets one.
+- Time: each call is one tick. A grant applies ``propagation`` ticks after it is made; a new
+  service account is unknown to IAM for its first binding when ``new_accounts_unpropagated``.
+- Pushes: each tick, a push subscription offers each message it holds to the service whose URL
+  starts its endpoint. The service accepts only if the push identity may invoke it, the Pub/Sub
+  service agent may sign as that identity and the audience is the service URL; a refusal or a
+  failure is a delivery attempt, and after the last one a dead-letter policy forwards the message
+  with Pub/Sub's ``CloudPubSubDeadLetter*`` attributes. Without an endpoint it keeps messages.
 - The function (``function_behaviour``): ``predict`` publishes a prediction to PUBLISH_STREAM,
-  ``reject`` a dead letter with ``dlq_reason`` to DEAD_LETTER_STREAM, ``fail`` answers 500; both
-  outputs keep the ``deploy_verify`` attribute, and publishing needs the runtime account's grant.
+  ``reject`` a dead letter with ``dlq_reason`` to DEAD_LETTER_STREAM (both keep the attribute
+  ``deploy_verify``, and need the runtime account's grant), ``fail`` answers 500.
 - The build runs as ``--build-service-account`` and fails unless it may write logs, push to the
   ``--image`` repository and read the sources bucket; a deploy fails if the runtime account may
-  not read a secret it names.
-- Faults: ``faults`` make a matching call fail a number of times with a given error.
+  not read a secret it names. ``faults`` make a matching call fail a number of times.
 
 The server runs under gcloud's bundled Python on a Unix socket; the ``gcloud`` on the script's PATH
 is ``CLIENT_SOURCE``, which forwards each call, except ``gcloud meta``, which the real gcloud
@@ -52,11 +47,7 @@ BUILD_PERMISSION_ERROR = (
     "Build failed; check build logs for details: {account} does not have storage.objects.get "
     "access to the Google Cloud Storage object."
 )
-SECRET_PERMISSION_ERROR = (
-    "Revision failed: Permission denied on secret: projects/{number}/secrets/{secret}/versions/"
-    "latest for Revision service account {account}."
-)
-DEFAULT_APIS = ["serviceusage.googleapis.com", "storage.googleapis.com"]
+SECRET_PERMISSION_ERROR = "Revision failed: Permission denied on secret {secret} for {account}."
 GROUP_APIS = {
     "pubsub": "pubsub.googleapis.com",
     "iam": "iam.googleapis.com",
@@ -66,13 +57,11 @@ GROUP_APIS = {
     "secrets": "secretmanager.googleapis.com",
     "projects": "cloudresourcemanager.googleapis.com",
 }
-# Pub/Sub commands take no --condition (their IAM policies hold no conditions).
-NO_CONDITION_KINDS = {"topic", "subscription"}
 DAY = 86400
 PREDICTION = {"ride_duration": 18}
 DLQ_REASON = "ride.trip_distance must be >= 0, got -3"
-# Google's grant to the Pub/Sub service agent (projects from after 8 April 2021): always applied.
-LONG_AGO = -(10**9)
+LONG_AGO = -(10**9)  # when Google's own grants were made: always applied
+Json = dict[str, Any]
 
 CLIENT_SOURCE = """\
 #!{python} -I
@@ -108,36 +97,26 @@ class GcloudError(Exception):
         self.code = code
 
 
-def new_project(project: str, number: str, region: str) -> dict[str, Any]:
-    """A brand-new project: default APIs, nothing else."""
+def new_project(project: str, number: str, region: str) -> Json:
+    """A brand-new project: two default APIs, nothing else."""
+    collections = "topics subscriptions messages service_accounts policies granted_at buckets"
+    collections += " objects repositories services functions"
     return {
+        **{name: {} for name in collections.split()},
         "project": project,
         "number": number,
         "region": region,
-        "apis": list(DEFAULT_APIS),
-        "pubsub_agent": False,
-        "topics": {},
-        "subscriptions": {},
-        "messages": {},
-        "pending": [],
-        "service_accounts": {},
-        "policies": {},
-        "granted_at": {},
-        "buckets": {},
-        "objects": {},
-        "repositories": {},
+        "apis": ["serviceusage.googleapis.com", "storage.googleapis.com"],
         "secrets": [],
-        "services": {},
-        "functions": {},
         "faults": [],
         "unpropagated": [],
+        "calls": [],
+        "pubsub_agent": False,
         "propagation": 0,
         "function_behaviour": "predict",
         "clock": 0,
         "next_id": 1,
         "refused_pushes": 0,
-        "calls": [],
-        "warnings": [],
     }
 
 
@@ -146,38 +125,51 @@ def sa_email(project: str, name: str) -> str:
     return f"{name}@{project}.iam.gserviceaccount.com"
 
 
-def pubsub_agent(state: dict[str, Any]) -> str:
+def pubsub_agent(state: Json) -> str:
     """The Pub/Sub service agent's member string."""
     return f"serviceAccount:service-{state['number']}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
 
-def bindings(state: dict[str, Any]) -> set[tuple[str, str, str, str]]:
+def bindings(state: Json) -> set[tuple[str, str, str, str]]:
     """Every unconditional (kind, resource, role, member) binding, applied or not."""
-    found = set()
-    for key, policy in state["policies"].items():
-        kind, name = key.split(":", 1)
-        for binding in policy["bindings"]:
-            if "condition" not in binding:
-                found.update((kind, name, binding["role"], m) for m in binding["members"])
-    return found
+    return {
+        (*key.split(":", 1), binding["role"], member)  # type: ignore[misc]
+        for key, policy in state["policies"].items()
+        for binding in policy["bindings"]
+        if "condition" not in binding
+        for member in binding["members"]
+    }
 
 
-def applies(state: dict[str, Any], kind: str, name: str, roles: set[str], member: str) -> bool:
+def applies(state: Json, kind: str, name: str, roles: set[str], member: str) -> bool:
     """Whether ``member`` holds one of ``roles`` on the resource, with the grant propagated."""
-    for role in roles:
-        if (kind, name, role, member) in bindings(state):
-            since = state["granted_at"].get(f"{kind}|{name}|{role}|{member}", LONG_AGO)
-            if state["clock"] >= since + state["propagation"]:
-                return True
-    return False
+    granted = bindings(state)
+    return any(
+        (kind, name, role, member) in granted
+        and state["clock"]
+        >= state["granted_at"].get(f"{kind}|{name}|{role}|{member}", LONG_AGO)
+        + state["propagation"]
+        for role in roles
+    )
+
+
+def add_binding(state: Json, kind: str, name: str, role: str, member: str, since: int = 0) -> None:
+    """Grant ``role`` to ``member`` on a resource; it applies after the propagation delay."""
+    policy = state["policies"].setdefault(f"{kind}:{name}", {"bindings": [], "etag": "BwX="})
+    state["granted_at"][f"{kind}|{name}|{role}|{member}"] = since or state["clock"]
+    binding = next(
+        (b for b in policy["bindings"] if b["role"] == role and "condition" not in b), None
+    )
+    if binding is None:
+        policy["bindings"].append({"role": role, "members": [member]})
+    elif member not in binding["members"]:
+        binding["members"].append(member)
 
 
 def seconds(duration: str) -> int:
     """A gcloud duration (``10s``, ``10m``, ``31d``, a bare number) in seconds."""
-    match = re.fullmatch(r"(\d+)([smhd]?)", duration)
-    if not match:
-        raise GcloudError(f"argument: Invalid duration [{duration}]", 2)
-    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": DAY}[match.group(2)]
+    number, unit = re.fullmatch(r"(\d+)([smhd]?)", duration).groups()  # type: ignore[union-attr]
+    return int(number) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": DAY}[unit]
 
 
 def labels_of(value: str | None) -> dict[str, str]:
@@ -185,48 +177,35 @@ def labels_of(value: str | None) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in value.split(",")) if value else {}
 
 
+def next_id(state: Json) -> int:
+    """A fresh number."""
+    state["next_id"] += 1
+    return int(state["next_id"])
+
+
 class Call:
     """One gcloud invocation against the project state."""
 
-    def __init__(self, state: dict[str, Any], request: dict[str, Any]) -> None:
-        self.state = state
-        self.args: list[str] = request["args"]
-        self.env: dict[str, str] = request["env"]
-        self.cwd: str = request["cwd"]
-        self.stdin: str = request.get("stdin", "")
-        self.words: list[str] = []
-        self.flags: dict[str, list[str | bool]] = {}
+    def __init__(self, state: Json, request: Json) -> None:
+        self.state, self.args, self.env = state, request["args"], request["env"]
+        self.cwd, self.stdin = request["cwd"], request.get("stdin", "")
+        self.words = [arg for arg in self.args if not arg.startswith("--")]
+        self.flags: dict[str, Any] = {}
         for arg in self.args:
             if arg.startswith("--"):
-                name, _, value = arg[2:].partition("=")
-                self.flags.setdefault(name, []).append(value if "=" in arg else True)
-            else:
-                self.words.append(arg)
-        self.stdout = io.StringIO()
-        self.stderr = io.StringIO()
+                name, equals, value = arg[2:].partition("=")
+                self.flags[name] = value if equals else True
+        self.stdout, self.stderr = io.StringIO(), io.StringIO()
 
     def flag(self, name: str, default: Any = None) -> Any:
-        """The last value of ``--name``."""
-        return self.flags.get(name, [default])[-1]
+        """The value of ``--name``."""
+        return self.flags.get(name, default)
 
     def require(self, name: str) -> str:
         """A flag the command needs."""
-        value = self.flag(name)
-        if not isinstance(value, str) or not value:
+        if not isinstance(self.flag(name), str) or not self.flag(name):
             raise GcloudError(f"argument --{name}: must be specified", 2)
-        return value
-
-    def project(self) -> str:
-        """The project flag, which must be the fake's."""
-        if self.require("project") != self.state["project"]:
-            raise GcloudError("PERMISSION_DENIED: not the fake's project")
-        return str(self.state["project"])
-
-    def region(self, flag: str = "region") -> str:
-        """The region (or location) flag, which must be the fake's."""
-        if self.require(flag) != self.state["region"]:
-            raise GcloudError(f"fake gcloud: unexpected --{flag}")
-        return str(self.state["region"])
+        return str(self.flag(name))
 
     def print(self, resources: list[Any]) -> None:
         """Print through gcloud's own printer, after the call's --filter."""
@@ -237,295 +216,117 @@ class Call:
             resources = [r for r in resources if matcher.Evaluate(r)]
         resource_printer.Print(resources, self.flag("format", "default"), out=self.stdout)
 
-    def next_id(self) -> int:
-        """A fresh number."""
-        self.state["next_id"] += 1
-        return int(self.state["next_id"])
-
-
-def find(collection: str, what: str, index: int = 3) -> Callable[[Call], str]:
-    """A finder: the name at ``words[index]`` of a resource that must exist in ``collection``."""
-
-    def finder(call: Call) -> str:
-        name = call.words[index].removeprefix("gs://")
-        if collection not in {"buckets"}:
-            call.project()
-        if collection == "repositories":
-            call.region("location")
-        if collection == "services":
-            call.region()
-        if name not in call.state[collection]:
-            if collection == "services":
-                raise GcloudError(f"Cannot find service [{name}]")
-            if collection == "buckets":
-                raise GcloudError(f"gs://{name} not found: 404.")
-            raise GcloudError(f"NOT_FOUND: Resource not found ({what} {name}).")
-        return str(name)
-
-    return finder
-
-
-# ------------------------------------------------------------------------------ IAM
-
-
-def _policy(state: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
-    return state["policies"].setdefault(f"{kind}:{name}", {"bindings": [], "etag": "BwX="})
-
-
-def add_binding(state: dict[str, Any], kind: str, name: str, role: str, member: str) -> None:
-    """Grant ``role`` to ``member`` on a resource, applying after the propagation delay."""
-    policy = _policy(state, kind, name)
-    state["granted_at"][f"{kind}|{name}|{role}|{member}"] = state["clock"]
-    for binding in policy["bindings"]:
-        if binding["role"] == role and "condition" not in binding:
-            if member not in binding["members"]:
-                binding["members"].append(member)
-            return
-    policy["bindings"].append({"role": role, "members": [member]})
-
-
-def iam(kind: str, finder: Callable[[Call], str]) -> Callable[[Call], None]:
-    """get-iam-policy / add-iam-policy-binding / remove-iam-policy-binding for one kind."""
-
-    def handle(call: Call) -> None:
-        name = finder(call)
-        verb = next(w for w in call.words if w.endswith(("iam-policy", "iam-policy-binding")))
-        state = call.state
-        policy = _policy(state, kind, name)
-        if verb == "get-iam-policy":
-            call.print([policy])
-            return
-        condition = call.flag("condition")
-        if condition is not None and kind in NO_CONDITION_KINDS:
-            raise GcloudError(f"unrecognized arguments: --condition={condition}", 2)
-        if any("condition" in b for b in policy["bindings"]) and condition is None:
-            raise GcloudError(
-                "Adding a binding without specifying a condition to a policy containing "
-                "conditions is prohibited in non-interactive mode. Run the command again with "
-                "`--condition=None`"
-            )
-        role, member = call.require("role"), call.require("member")
-        email = member.removeprefix("serviceAccount:")
-        if verb == "add-iam-policy-binding":
-            known = (
-                state["pubsub_agent"]
-                if member == pubsub_agent(state)
-                else email in state["service_accounts"]
-                or not email.endswith(".iam.gserviceaccount.com")
-            )
-            if not known or email in state["unpropagated"]:
-                if email in state["unpropagated"]:
-                    state["unpropagated"].remove(email)
-                raise GcloudError(f"INVALID_ARGUMENT: Service account {email} does not exist.")
-            add_binding(state, kind, name, role, member)
-        else:
-            matching = [
-                b
-                for b in policy["bindings"]
-                if b["role"] == role and "condition" not in b and member in b["members"]
-            ]
-            if not matching:
-                raise GcloudError(
-                    "Policy binding with the specified principal, role, and condition not found!"
-                )
-            matching[0]["members"].remove(member)
-            policy["bindings"] = [b for b in policy["bindings"] if b["members"]]
-        call.stderr.write(f"Updated IAM policy for {kind} [{name}].\n")
-
-    return handle
-
 
 # ------------------------------------------------------------------------------ Pub/Sub
 
 
-def topic_path(state: dict[str, Any], topic: str) -> str:
+def topic_path(state: Json, topic: str) -> str:
     """``projects/P/topics/T``."""
     return topic if topic.startswith("projects/") else f"projects/{state['project']}/topics/{topic}"
 
 
-def _filter_matches(subscription: dict[str, Any], attributes: dict[str, str]) -> bool:
-    expression = subscription.get("filter")
-    if not expression:
-        return True
-    match = re.fullmatch(r'attributes\.([\w-]+) = "([^"]*)"', expression)
-    if not match:
-        raise GcloudError(f"fake gcloud: filter not modelled: {expression}", 2)
-    return attributes.get(match.group(1)) == match.group(2)
-
-
-def publish(state: dict[str, Any], topic: str, data: bytes, attributes: dict[str, str]) -> str:
+def publish(state: Json, topic: str, data: bytes, attributes: dict[str, str]) -> str:
     """Publish: each attached subscription whose filter matches gets a copy (pushed at once)."""
-    state["next_id"] += 1
-    message_id = str(state["next_id"])
+    message_id = str(next_id(state))
     message = {
         "data": base64.b64encode(data).decode(),
         "attributes": attributes,
         "messageId": message_id,
     }
     for name, subscription in list(state["subscriptions"].items()):
-        if subscription["topic"] == topic_path(state, topic) and _filter_matches(
-            subscription, attributes
-        ):
-            state["messages"].setdefault(name, []).append(
-                {"ackId": f"ack-{message_id}-{name}", "message": message, "attempts": 0}
-            )
+        if subscription["topic"] == topic_path(state, topic) and _matches(subscription, attributes):
+            entry = {"ackId": f"ack-{message_id}-{name}", "message": message, "attempts": 0}
+            state["messages"].setdefault(name, []).append(entry)
             if subscription.get("pushConfig", {}).get("pushEndpoint"):
                 deliver(state, name)
     return message_id
 
 
-def deliver(state: dict[str, Any], name: str) -> None:
+def _matches(subscription: Json, attributes: dict[str, str]) -> bool:
+    """Whether the subscription's filter (``attributes.KEY = "VALUE"`` only) lets them through."""
+    if "filter" not in subscription:
+        return True
+    key, value = re.fullmatch(r'attributes\.([\w-]+) = "([^"]*)"', subscription["filter"]).groups()  # type: ignore[union-attr]
+    return attributes.get(key) == value
+
+
+def deliver(state: Json, name: str) -> None:
     """One push attempt for each message a push subscription holds."""
-    subscription = state["subscriptions"][name]
+    subscription, agent = state["subscriptions"][name], pubsub_agent(state)
     for entry in list(state["messages"].get(name, [])):
         if _pushed(state, subscription, entry["message"]):
             state["messages"][name].remove(entry)
             continue
         entry["attempts"] += 1
         policy = subscription.get("deadLetterPolicy")
-        agent = pubsub_agent(state)
-        if (
-            policy
-            and entry["attempts"] >= policy["maxDeliveryAttempts"]
-            and applies(state, "topic", policy["deadLetterTopic"].rsplit("/", 1)[1],
-                        {"roles/pubsub.publisher"}, agent)
-            and applies(state, "subscription", name, {"roles/pubsub.subscriber"}, agent)
-        ):  # fmt: skip
+        if not policy or entry["attempts"] < policy["maxDeliveryAttempts"]:
+            continue
+        dead_letters = policy["deadLetterTopic"].rsplit("/", 1)[1]
+        if applies(state, "topic", dead_letters, {"roles/pubsub.publisher"}, agent) and applies(
+            state, "subscription", name, {"roles/pubsub.subscriber"}, agent
+        ):
             state["messages"][name].remove(entry)
-            attributes = {
-                **entry["message"]["attributes"],
+            forwarded = {
                 "CloudPubSubDeadLetterSourceDeliveryCount": str(entry["attempts"]),
                 "CloudPubSubDeadLetterSourceSubscription": name,
                 "CloudPubSubDeadLetterSourceSubscriptionProject": state["project"],
             }
             data = base64.b64decode(entry["message"]["data"])
-            publish(state, policy["deadLetterTopic"].rsplit("/", 1)[1], data, attributes)
+            publish(state, dead_letters, data, {**entry["message"]["attributes"], **forwarded})
 
 
-def _pushed(state: dict[str, Any], subscription: dict[str, Any], message: dict[str, Any]) -> bool:
+def _pushed(state: Json, subscription: Json, message: Json) -> bool:
     """Whether the service accepted the push (HTTP 2xx)."""
-    push = subscription["pushConfig"]
+    push, agent = subscription["pushConfig"], pubsub_agent(state)
+    url = push["pushEndpoint"]
     service = next(
-        (
-            s
-            for s in state["services"].values()
-            if push["pushEndpoint"].startswith(s["status"]["url"])
-        ),
-        None,
+        (s for s in state["services"].values() if url.startswith(s["status"]["url"])), None
     )
-    if service is None:
-        return False
     token = push.get("oidcToken", {})
-    invoker = f"serviceAccount:{token.get('serviceAccountEmail')}"
-    agent = pubsub_agent(state)
+    invoker = token.get("serviceAccountEmail", "")
     may_sign = state["pubsub_agent"] and (
-        applies(state, "service-account", token.get("serviceAccountEmail", ""),
-                {"roles/iam.serviceAccountTokenCreator"}, agent)
+        applies(state, "service-account", invoker, {"roles/iam.serviceAccountTokenCreator"}, agent)
         or applies(state, "project", state["project"], {"roles/pubsub.serviceAgent"}, agent)
-    )  # fmt: skip
-    name = service["metadata"]["name"]
-    if not (
+    )
+    if service is None or not (
         may_sign
-        and applies(state, "service", name, {"roles/run.invoker"}, invoker)
+        and applies(state, "service", service["metadata"]["name"], {"roles/run.invoker"},
+                    f"serviceAccount:{invoker}")
         and token.get("audience") == service["status"]["url"]
-    ):
+    ):  # fmt: skip
         state["refused_pushes"] += 1
         return False
-    container = service["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e.get("value", "") for e in container["env"]}
-    runtime = f"serviceAccount:{service['spec']['template']['spec']['serviceAccountName']}"
-    behaviour = state["function_behaviour"]
+    spec = service["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value", "") for e in spec["containers"][0]["env"]}
+    behaviour, attributes = state["function_behaviour"], message["attributes"]
     output = env["PUBLISH_STREAM"] if behaviour == "predict" else env["DEAD_LETTER_STREAM"]
+    runtime = f"serviceAccount:{spec['serviceAccountName']}"
     if behaviour == "fail" or not applies(
         state, "topic", output, {"roles/pubsub.publisher"}, runtime
     ):
         return False
-    attributes = message["attributes"]
-    marker = {"deploy_verify": attributes["deploy_verify"]} if "deploy_verify" in attributes else {}
-    ride = json.loads(base64.b64decode(message["data"]))
+    data = base64.b64decode(message["data"])
     if behaviour == "predict":
+        ride_id = json.loads(data)["ride_id"]
         body = {
             "model": env["MODEL_NAME"],
             "version": "v1",
-            "prediction": {**PREDICTION, "ride_id": ride["ride_id"]},
+            "prediction": {**PREDICTION, "ride_id": ride_id},
         }
-        publish(state, output, json.dumps(body).encode(),
-                {"ride_id": str(ride["ride_id"]), "model_version": "v1",
-                 "source_message_id": message["messageId"], **marker})  # fmt: skip
+        marker = {k: v for k, v in attributes.items() if k == "deploy_verify"}
+        outgoing = {
+            "ride_id": str(ride_id),
+            "model_version": "v1",
+            "source_message_id": message["messageId"],
+        }
+        publish(state, output, json.dumps(body).encode(), {**outgoing, **marker})
     else:
         reasons = {"dlq_reason": DLQ_REASON, "dlq_source_subscription": env["SOURCE_SUBSCRIPTION"]}
-        publish(state, output, base64.b64decode(message["data"]), {**attributes, **reasons})
+        publish(state, output, data, {**attributes, **reasons})
     return True
 
 
-def topics(call: Call) -> None:
-    verb, state = call.words[2], call.state
-    if verb == "create":
-        topic = call.words[3]
-        call.project()
-        if topic in state["topics"]:
-            raise GcloudError(f"ALREADY_EXISTS: Resource already exists (topic {topic}).")
-        state["topics"][topic] = {
-            "name": topic_path(state, topic),
-            "labels": labels_of(call.flag("labels")),
-        }
-    elif verb == "list":
-        call.project()
-        call.print(list(state["topics"].values()))
-    elif verb == "describe":
-        call.print([state["topics"][find("topics", "topic")(call)]])
-    elif verb == "delete":
-        topic = find("topics", "topic")(call)
-        del state["topics"][topic]
-        state["policies"].pop(f"topic:{topic}", None)
-    elif verb == "publish":
-        topic = find("topics", "topic")(call)
-        attributes = dict(str(p).split("=", 1) for p in call.require("attribute").split(","))
-        message_id = publish(state, topic, call.require("message").encode(), attributes)
-        call.stdout.write(f"messageIds:\n- '{message_id}'\n")
-    else:
-        iam("topic", find("topics", "topic"))(call)
-
-
-def subscriptions(call: Call) -> None:
-    verb, state = call.words[2], call.state
-    if verb == "create":
-        call.project()
-        name, topic = call.words[3], call.require("topic")
-        if name in state["subscriptions"]:
-            raise GcloudError(f"ALREADY_EXISTS: Resource already exists (subscription {name}).")
-        if topic not in state["topics"]:
-            raise GcloudError(f"NOT_FOUND: Resource not found (topic {topic}).")
-        state["subscriptions"][name] = {
-            "name": f"projects/{state['project']}/subscriptions/{name}",
-            "topic": topic_path(state, topic),
-            "ackDeadlineSeconds": 10,
-            "messageRetentionDuration": f"{7 * DAY}s",
-            "expirationPolicy": {"ttl": f"{31 * DAY}s"},
-            "labels": labels_of(call.flag("labels")),
-            **({"filter": call.flag("message-filter")} if call.flag("message-filter") else {}),
-        }
-        _update_subscription(call, name)
-    elif verb == "update":
-        _update_subscription(call, find("subscriptions", "subscription")(call))
-    elif verb == "list":
-        call.project()
-        call.print(list(state["subscriptions"].values()))
-    elif verb == "describe":
-        call.print([state["subscriptions"][find("subscriptions", "subscription")(call)]])
-    elif verb == "delete":
-        name = find("subscriptions", "subscription")(call)
-        del state["subscriptions"][name]
-        state["messages"].pop(name, None)
-        state["policies"].pop(f"subscription:{name}", None)
-    elif verb == "pull":
-        name = find("subscriptions", "subscription")(call)
-        call.print(state["messages"].get(name, [])[: int(call.flag("limit", "1"))])
-    else:
-        iam("subscription", find("subscriptions", "subscription"))(call)
-
-
-def _update_subscription(call: Call, name: str) -> None:
+def _subscription_settings(call: Call, name: str) -> None:
     state, subscription = call.state, call.state["subscriptions"][name]
     if call.flag("ack-deadline"):
         subscription["ackDeadlineSeconds"] = int(call.flag("ack-deadline"))
@@ -551,259 +352,269 @@ def _update_subscription(call: Call, name: str) -> None:
                 "audience": call.flag("push-auth-token-audience", call.flag("push-endpoint")),
             }
     if call.flag("dead-letter-topic"):
-        topic = call.flag("dead-letter-topic")
-        if topic not in state["topics"]:
-            raise GcloudError(f"NOT_FOUND: Resource not found (topic {topic}).")
         subscription["deadLetterPolicy"] = {
-            "deadLetterTopic": topic_path(state, topic),
+            "deadLetterTopic": topic_path(
+                state, existing(call, "topics", call.flag("dead-letter-topic"))
+            ),
             "maxDeliveryAttempts": int(call.flag("max-delivery-attempts", "5")),
         }
-    if call.flag("update-labels"):
-        subscription["labels"].update(labels_of(call.flag("update-labels")))
     if subscription.get("pushConfig", {}).get("pushEndpoint"):
         deliver(state, name)
 
 
-# ------------------------------------------------------------------ IAM, storage, registry
+# ------------------------------------------------------------------------------ resources
 
 
-def service_accounts(call: Call) -> None:
-    verb, state = call.words[2], call.state
-    if verb == "create":
-        email = sa_email(call.project(), call.words[3])
-        if email in state["service_accounts"]:
-            raise GcloudError(f"ALREADY_EXISTS: Service account {email} already exists.")
-        state["service_accounts"][email] = {
-            "email": email,
-            "description": call.flag("description", ""),
-            "displayName": call.flag("display-name", ""),
-        }
+def existing(call: Call, collection: str, name: str) -> str:
+    """``name``, which must exist in ``collection``; else gcloud's not-found error."""
+    if name not in call.state[collection]:
+        if collection == "services":
+            raise GcloudError(f"Cannot find service [{name}]")
+        if collection == "buckets":
+            raise GcloudError(f"gs://{name} not found: 404.")
+        raise GcloudError(f"NOT_FOUND: Resource not found ({collection} {name}).")
+    return name
+
+
+def create(call: Call, collection: str, name: str) -> Json:
+    """The resource ``create`` makes (``name`` must be new)."""
+    state, labels = call.state, labels_of(call.flag("labels"))
+    if name in state[collection]:
+        raise GcloudError(f"ALREADY_EXISTS: Resource already exists ({collection} {name}).")
+    if collection == "topics":
+        return {"name": topic_path(state, name), "labels": labels}
+    if collection == "subscriptions":
+        topic = existing(call, "topics", call.require("topic"))
+        filtered = {"filter": call.flag("message-filter")} if call.flag("message-filter") else {}
+        path = f"projects/{state['project']}/subscriptions/{name}"
+        defaults = {"ackDeadlineSeconds": 10, "messageRetentionDuration": f"{7 * DAY}s"}
+        expiry = {"expirationPolicy": {"ttl": f"{31 * DAY}s"}}  # Pub/Sub's defaults
+        return {"name": path, "topic": topic_path(state, topic), **defaults, **expiry,
+                "labels": labels, **filtered}  # fmt: skip
+    if collection == "service_accounts":
         if state.get("new_accounts_unpropagated"):
-            state["unpropagated"].append(email)
-    elif verb == "list":
-        call.project()
-        call.print(list(state["service_accounts"].values()))
-    elif verb == "describe":
-        call.print([state["service_accounts"][find("service_accounts", "service account")(call)]])
+            state["unpropagated"].append(name)
+        return {"email": name, "description": call.flag("description", "")}
+    if collection == "buckets":
+        return {"name": name, "labels": {}, "location": call.require("location")}
+    return {  # repositories
+        "name": f"projects/{state['project']}/locations/{state['region']}/repositories/{name}",
+        "format": call.require("repository-format").upper(),
+        "labels": labels,
+    }
+
+
+def iam(call: Call, kind: str, name: str, verb: str) -> None:
+    """get-iam-policy, add-iam-policy-binding, remove-iam-policy-binding."""
+    state = call.state
+    policy = state["policies"].setdefault(f"{kind}:{name}", {"bindings": [], "etag": "BwX="})
+    if verb == "get-iam-policy":
+        call.print([policy])
+        return
+    if "condition" in call.flags and kind in {"topic", "subscription"}:
+        raise GcloudError(f"unrecognized arguments: --condition={call.flag('condition')}", 2)
+    if any("condition" in b for b in policy["bindings"]) and "condition" not in call.flags:
+        raise GcloudError(
+            "Adding a binding without specifying a condition to a policy containing conditions is "
+            "prohibited in non-interactive mode. Run the command again with `--condition=None`"
+        )
+    role, member = call.require("role"), call.require("member")
+    email = member.removeprefix("serviceAccount:")
+    if verb == "add-iam-policy-binding":
+        known = (
+            state["pubsub_agent"]
+            if member == pubsub_agent(state)
+            else email in state["service_accounts"]
+        )
+        if not known or email in state["unpropagated"]:
+            state["unpropagated"] = [e for e in state["unpropagated"] if e != email]
+            raise GcloudError(f"INVALID_ARGUMENT: Service account {email} does not exist.")
+        add_binding(state, kind, name, role, member)
+    else:
+        binding = next(
+            (b for b in policy["bindings"] if b["role"] == role and member in b["members"]), None
+        )
+        if binding is None or "condition" in binding:
+            raise GcloudError(
+                "Policy binding with the specified principal, role, and condition not found!"
+            )
+        binding["members"].remove(member)
+        policy["bindings"] = [b for b in policy["bindings"] if b["members"]]
+    call.stderr.write(f"Updated IAM policy for {kind} [{name}].\n")
+
+
+# command words -> (state collection, IAM kind, index of the resource's name in the words)
+RESOURCES = {
+    ("pubsub", "topics"): ("topics", "topic", 3),
+    ("pubsub", "subscriptions"): ("subscriptions", "subscription", 3),
+    ("iam", "service-accounts"): ("service_accounts", "service-account", 3),
+    ("storage", "buckets"): ("buckets", "bucket", 3),
+    ("artifacts", "repositories"): ("repositories", "repository", 3),
+    ("run", "services"): ("services", "service", 3),
+    ("secrets",): ("secrets", "secret", 2),
+    ("functions",): ("functions", "function", 2),
+}
+
+
+def resource_command(call: Call, prefix: tuple[str, ...]) -> None:
+    """Any command on one of RESOURCES: the common verbs here, the others in VERBS."""
+    collection, kind, index = RESOURCES[prefix]
+    state, verb = call.state, call.words[len(prefix)]
+    if "project" in call.flags and call.flag("project") != state["project"]:
+        raise GcloudError("PERMISSION_DENIED: not the fake's project")
+    for flag in ("region", "location"):
+        if flag in call.flags and call.flag(flag) != state["region"]:
+            raise GcloudError(f"fake gcloud: unexpected --{flag}")
+    if verb == "list":
+        call.print(list(state[collection].values()))
+        return
+    if verb == "logs":
+        index += 1
+    name = call.words[index].removeprefix("gs://")
+    if collection == "service_accounts" and verb == "create":
+        name = sa_email(state["project"], name)
+    if verb == "create":
+        state[collection][name] = create(call, collection, name)
+        VERBS.get((collection, verb), lambda call, name: None)(call, name)
+        return
+    existing(call, collection, name)
+    if verb == "describe":
+        call.print([state[collection][name] if collection != "secrets" else {"name": name}])
     elif verb == "delete":
-        email = find("service_accounts", "service account")(call)
-        del state["service_accounts"][email]
-        state["policies"].pop(f"service-account:{email}", None)
+        del state[collection][name]
+        state["policies"].pop(f"{kind}:{name}", None)
+        state["messages"].pop(name, None)
         for policy in state["policies"].values():  # IAM keeps a deleted account's bindings
             for binding in policy["bindings"]:
-                binding["members"] = [
-                    f"deleted:{m}?uid=1" if m == f"serviceAccount:{email}" else m
-                    for m in binding["members"]
-                ]
+                binding["members"] = [f"deleted:{m}?uid=1" if m == f"serviceAccount:{name}" else m
+                                      for m in binding["members"]]  # fmt: skip
+    elif "iam-policy" in verb:
+        iam(call, kind, name, verb)
     else:
-        iam("service-account", find("service_accounts", "service account"))(call)
+        VERBS[(collection, verb)](call, name)
 
 
-def _objects(state: dict[str, Any], url: str) -> list[str]:
-    prefix = url.removesuffix("**")
-    return sorted(key for key in state["objects"] if key.startswith(prefix.rstrip("/") + "/"))
+def _publish(call: Call, topic: str) -> None:
+    attributes = dict(pair.split("=", 1) for pair in call.require("attribute").split(","))
+    message_id = publish(call.state, topic, call.require("message").encode(), attributes)
+    call.stdout.write(f"messageIds:\n- '{message_id}'\n")
 
 
-def storage(call: Call) -> None:
-    state, words = call.state, call.words
-    if words[1] == "buckets":
-        verb = words[2]
-        if verb == "create":
-            bucket = words[3].removeprefix("gs://")
-            if bucket in state["buckets"]:
-                raise GcloudError(
-                    f"HTTPError 409: The requested bucket name {bucket} is not available."
-                )
-            state["buckets"][bucket] = {
-                "name": bucket,
-                "labels": {},
-                "location": call.flag("location"),
-            }
-        elif verb == "describe":
-            call.print([state["buckets"][find("buckets", "bucket")(call)]])
-        elif verb == "update":
-            state["buckets"][find("buckets", "bucket")(call)]["labels"].update(
-                labels_of(call.flag("update-labels"))
-            )
-        else:
-            iam("bucket", find("buckets", "bucket"))(call)
-        return
-    url = words[-1] if words[1] != "rm" else words[2]
-    bucket = url.removeprefix("gs://").split("/", 1)[0]
-    if words[1] == "cat":
-        if url not in state["objects"]:
-            raise GcloudError(f"The following URLs matched no objects or files:\n-{url}")
-        call.stdout.write(state["objects"][url])
-    elif words[1] == "cp":
-        if bucket not in state["buckets"]:
-            raise GcloudError(f"gs://{bucket} not found: 404.")
-        state["objects"][url] = call.stdin
-    elif words[1] == "ls":
-        found = _objects(state, url)
-        if not found:
-            raise GcloudError("One or more URLs matched no objects.")
-        call.stdout.write("".join(f"{key}\n" for key in found))
-    elif words[1] == "rm":
-        for key in _objects(state, url) or [url]:
-            if key not in state["objects"] and url.count("/") > 2:
-                raise GcloudError(f"The following URLs matched no objects or files:\n-{url}")
-            state["objects"].pop(key, None)
-        if url.rstrip("/") == f"gs://{bucket}":
-            del state["buckets"][bucket]
-            state["policies"].pop(f"bucket:{bucket}", None)
+def _pull(call: Call, name: str) -> None:
+    call.print(call.state["messages"].get(name, [])[: int(call.flag("limit", "1"))])
 
 
-def repositories(call: Call) -> None:
-    verb, state = call.words[2], call.state
-    finder = find("repositories", "repository")
-    if verb == "create":
-        call.project()
-        call.region("location")
-        name = call.words[3]
-        if name in state["repositories"]:
-            raise GcloudError(f"ALREADY_EXISTS: the repository already exists ({name}).")
-        state["repositories"][name] = {
-            "name": f"projects/{state['project']}/locations/{state['region']}/repositories/{name}",
-            "format": call.require("repository-format").upper(),
-            "labels": labels_of(call.flag("labels")),
-        }
-    elif verb == "list":
-        call.project()
-        call.region("location")
-        call.print(list(state["repositories"].values()))
-    elif verb == "describe":
-        call.print([state["repositories"][finder(call)]])
-    elif verb == "delete":
-        name = finder(call)
-        del state["repositories"][name]
-        state["policies"].pop(f"repository:{name}", None)
-    elif verb == "set-cleanup-policies":
-        repository = state["repositories"][finder(call)]
-        repository["cleanupPolicies"] = _cleanup_policies(call, call.require("policy"))
-        repository["cleanupPolicyDryRun"] = "dry-run" in call.flags
-    else:
-        iam("repository", finder)(call)
-
-
-def _cleanup_policies(call: Call, path: str) -> dict[str, Any]:
+def _cleanup_policies(call: Call, name: str) -> None:
     """The policy file as Artifact Registry stores it (parsed by gcloud's own code)."""
     from googlecloudsdk.command_lib.artifacts import cleanup_policy_util
 
     stored = {}
-    for name, policy in cleanup_policy_util.ParseCleanupPolicy(str(Path(call.cwd, path))).items():
-        entry: dict[str, Any] = {"id": name, "action": policy["action"].upper()}
+    for policy_name, policy in cleanup_policy_util.ParseCleanupPolicy(
+        str(Path(call.cwd, call.require("policy")))
+    ).items():
+        entry: Json = {"id": policy_name, "action": policy["action"].upper()}
         if policy["condition"]:
-            entry["condition"] = {
-                k: f"{int(float(v[:-1]))}s" if k.endswith("Than") else v
-                for k, v in policy["condition"].items()
-            }
+            entry["condition"] = {k: f"{int(float(v[:-1]))}s" if k.endswith("Than") else v
+                                  for k, v in policy["condition"].items()}  # fmt: skip
         if policy["mostRecentVersions"]:
             entry["mostRecentVersions"] = policy["mostRecentVersions"]
-        stored[name] = entry
-    return stored
+        stored[policy_name] = entry
+    repository = call.state["repositories"][name]
+    repository.update(cleanupPolicies=stored, cleanupPolicyDryRun="dry-run" in call.flags)
 
 
-def secrets(call: Call) -> None:
-    name = find("secrets", "secret", index=2)(call)
-    if call.words[1] == "describe":
-        call.print([{"name": f"projects/{call.state['number']}/secrets/{name}"}])
-    else:
-        iam("secret", find("secrets", "secret", index=2))(call)
+def _logs(call: Call, name: str) -> None:
+    call.stdout.write(f"LEVEL  NAME  TIME_UTC  LOG\nI  {name}  ...  prediction\n")
 
 
-def _this_project(call: Call) -> str:
-    if call.words[2] != call.state["project"]:
-        raise GcloudError(f"NOT_FOUND: project {call.words[2]}")
-    return str(call.words[2])
+def _service_update(call: Call, name: str) -> None:
+    service = copy.deepcopy(call.state["services"][name])
+    _apply_settings(call, service)
+    call.state["services"][name] = service
 
 
-def services_identity_create(call: Call) -> None:
-    call.project()
-    state = call.state
-    if not state["pubsub_agent"]:
-        state["pubsub_agent"] = True
-        # Projects from after 8 April 2021: Google grants the agent this role on the project.
-        add_binding(
-            state, "project", state["project"], "roles/pubsub.serviceAgent", pubsub_agent(state)
-        )
-        state["granted_at"][
-            f"project|{state['project']}|roles/pubsub.serviceAgent|{pubsub_agent(state)}"
-        ] = LONG_AGO
-    call.stderr.write(f"Service identity created: {pubsub_agent(state).split(':')[1]}\n")
+VERBS: dict[tuple[str, str], Callable[[Call, str], None]] = {
+    ("topics", "publish"): _publish,
+    ("subscriptions", "create"): _subscription_settings,
+    ("subscriptions", "update"): _subscription_settings,
+    ("subscriptions", "pull"): _pull,
+    ("buckets", "update"): lambda call, name: call.state["buckets"][name]["labels"].update(
+        labels_of(call.flag("update-labels"))
+    ),
+    ("repositories", "set-cleanup-policies"): _cleanup_policies,
+    ("services", "update"): _service_update,
+    ("services", "logs"): _logs,
+    ("functions", "detach"): lambda call, name: call.state["functions"].pop(name),
+}
+
+
+def storage_objects(call: Call) -> None:
+    """``gcloud storage cat|cp|ls|rm`` on the objects of the project's buckets."""
+    state, verb = call.state, call.words[1]
+    url = call.words[-1]
+    bucket = url.removeprefix("gs://").split("/", 1)[0]
+    below = sorted(
+        key for key in state["objects"] if key.startswith(url.removesuffix("**").rstrip("/") + "/")
+    )
+    missing = url not in state["objects"] if verb == "cat" else not below and url.count("/") > 2
+    if verb != "cp" and missing:
+        raise GcloudError(f"The following URLs matched no objects or files:\n-{url}")
+    if verb == "cat":
+        call.stdout.write(state["objects"][url])
+    elif verb == "cp":
+        state["objects"][url] = call.stdin if existing(call, "buckets", bucket) else ""
+    elif verb == "ls":
+        call.stdout.write("".join(f"{key}\n" for key in below))
+    else:  # rm --recursive: the objects, and the bucket if the URL names it
+        for key in below:
+            del state["objects"][key]
+        if url.rstrip("/") == f"gs://{bucket}":
+            del state["buckets"][existing(call, "buckets", bucket)]
+            state["policies"].pop(f"bucket:{bucket}", None)
 
 
 # ------------------------------------------------------------------------------ Cloud Run
 
 
-def _build_missing(state: dict[str, Any], account: str, repository: str) -> list[str]:
-    """What the build account lacks (docs: run/docs/configuring/services/build-service-account)."""
-    member, project = f"serviceAccount:{account}", state["project"]
-    builder = {"roles/run.builder", "roles/cloudbuild.builds.builder"}
-    sources = f"run-sources-{project}-{state['region']}"
-    checks = {
-        "roles/logging.logWriter on the project": applies(
-            state, "project", project, {"roles/logging.logWriter"} | builder, member
-        ),
-        f"roles/artifactregistry.writer on {repository}": applies(
-            state, "repository", repository, {"roles/artifactregistry.writer"}, member
-        )
-        or applies(state, "project", project, {"roles/artifactregistry.writer"} | builder, member),
-        f"read on gs://{sources}": applies(
-            state,
-            "bucket",
-            sources,
-            {"roles/storage.objectViewer", "roles/storage.objectAdmin"},
-            member,
-        )
-        or applies(state, "project", project, {"roles/storage.objectViewer"} | builder, member),
-    }
-    return [what for what, ok in checks.items() if not ok]
-
-
-def _apply_settings(call: Call, service: dict[str, Any]) -> None:
+def _apply_settings(call: Call, service: Json) -> None:
     """The settings flags, as gcloud's config changes write them (command_lib/run)."""
-    template = service["spec"]["template"]
-    annotations = template["metadata"]["annotations"]
-    container = template["spec"]["containers"][0]
-    if call.flag("service-account"):
-        template["spec"]["serviceAccountName"] = call.flag("service-account")
-    if call.flag("cpu"):
-        container["resources"]["limits"]["cpu"] = f"{round(float(call.flag('cpu')) * 1000)}m"
-    if call.flag("memory"):
-        container["resources"]["limits"]["memory"] = call.flag("memory")
-    if call.flag("concurrency"):
-        template["spec"]["containerConcurrency"] = int(call.flag("concurrency"))
-    if call.flag("timeout"):
-        template["spec"]["timeoutSeconds"] = seconds(call.flag("timeout"))
-    if call.flag("min-instances") == "0":
-        annotations.pop("autoscaling.knative.dev/minScale", None)
-    elif call.flag("min-instances"):
-        annotations["autoscaling.knative.dev/minScale"] = call.flag("min-instances")
-    if call.flag("max-instances"):
-        annotations["autoscaling.knative.dev/maxScale"] = call.flag("max-instances")
-    if call.flag("ingress"):
-        service["metadata"]["annotations"]["run.googleapis.com/ingress"] = call.flag("ingress")
-    for flag, key in (("cpu-throttling", "cpu-throttling"), ("cpu-boost", "startup-cpu-boost")):
+    template, flag = service["spec"]["template"], call.flag
+    annotations, container = template["metadata"]["annotations"], template["spec"]["containers"][0]
+    limits = container["resources"]["limits"]
+    template["spec"]["serviceAccountName"] = flag(
+        "service-account", template["spec"].get("serviceAccountName")
+    )
+    limits.update(
+        {"cpu": f"{round(float(flag('cpu', 1)) * 1000)}m", "memory": flag("memory", "512Mi")}
+    )
+    template["spec"]["containerConcurrency"] = int(flag("concurrency", 80))
+    template["spec"]["timeoutSeconds"] = seconds(flag("timeout", "300"))
+    annotations.pop("autoscaling.knative.dev/minScale", None)  # --min-instances=0 deletes it
+    if flag("min-instances", "0") != "0":
+        annotations["autoscaling.knative.dev/minScale"] = flag("min-instances")
+    if flag("max-instances"):
+        annotations["autoscaling.knative.dev/maxScale"] = flag("max-instances")
+    service["metadata"]["annotations"]["run.googleapis.com/ingress"] = flag("ingress", "all")
+    for name, key in (("cpu-throttling", "cpu-throttling"), ("cpu-boost", "startup-cpu-boost")):
         for value in (True, False):
-            if f"{'' if value else 'no-'}{flag}" in call.flags:
+            if f"{'' if value else 'no-'}{name}" in call.flags:
                 annotations[f"run.googleapis.com/{key}"] = str(value)
     env = [e for e in container["env"] if "valueFrom" in e]
-    if call.flag("set-env-vars"):
-        match = re.fullmatch(r"\^([^^]+)\^(.*)", call.flag("set-env-vars"), re.DOTALL)
-        delimiter, pairs = match.groups() if match else (",", call.flag("set-env-vars"))
-        literal = [
+    if flag("set-env-vars"):
+        match = re.fullmatch(r"\^([^^]+)\^(.*)", flag("set-env-vars"), re.DOTALL)
+        delimiter, pairs = match.groups() if match else (",", flag("set-env-vars"))
+        env = [
             dict(zip(("name", "value"), p.split("=", 1), strict=True))
             for p in pairs.split(delimiter)
-        ]
-        env = literal + env
-    if "clear-secrets" in call.flags or call.flag("set-secrets"):
+        ] + env
+    if "clear-secrets" in call.flags or flag("set-secrets"):
         env = [e for e in env if "valueFrom" not in e]
-    for pair in (call.flag("set-secrets") or "").split(",") if call.flag("set-secrets") else []:
+    for pair in flag("set-secrets").split(",") if flag("set-secrets") else []:
         key, reference = pair.split("=", 1)
         secret, version = reference.split(":")
+        account = template["spec"]["serviceAccountName"]
         if secret not in call.state["secrets"]:
             raise GcloudError(f"NOT_FOUND: secret {secret}")
-        account = template["spec"]["serviceAccountName"]
         if not applies(
             call.state,
             "secret",
@@ -811,19 +622,18 @@ def _apply_settings(call: Call, service: dict[str, Any]) -> None:
             {"roles/secretmanager.secretAccessor"},
             f"serviceAccount:{account}",
         ):
-            raise GcloudError(
-                SECRET_PERMISSION_ERROR.format(
-                    number=call.state["number"], secret=secret, account=account
-                )
-            )
+            raise GcloudError(SECRET_PERMISSION_ERROR.format(secret=secret, account=account))
         env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": version}}})
     container["env"] = env
-    service["metadata"]["labels"].update(labels_of(call.flag("update-labels")))
+    service["metadata"]["labels"].update(labels_of(flag("update-labels")))
+
+
+BOOST = "run.googleapis.com/startup-cpu-boost"
 
 
 def run_deploy(call: Call) -> None:
-    state, name = call.state, call.words[2]
-    project, region = call.project(), call.region()
+    """``gcloud run deploy --source --function``: upload, build as the build account, deploy."""
+    state, name, region = call.state, call.words[2], call.state["region"]
     for api in (
         "run.googleapis.com",
         "artifactregistry.googleapis.com",
@@ -837,111 +647,92 @@ def run_deploy(call: Call) -> None:
     repository = image.split("/")[2]
     if repository not in state["repositories"] or image.split("/")[3] != name:
         raise GcloudError(
-            f"Invalid value for [--image]: The artifact repository provided does not exist: {image}.",
-            2,
+            f"Invalid value for [--image]: the repository provided does not exist: {image}.", 2
         )
-    build_path = call.flag("build-service-account")
-    if (
-        not build_path
-    ):  # gcloud would build as the default account, which a new project lets build nothing
-        raise GcloudError(
-            f"Build failed: {state['number']}-compute@developer.gserviceaccount.com lacks roles/run.builder"
-        )
-    account = build_path.rsplit("/", 1)[1]
+    if not call.flag("build-service-account"):  # the default account builds nothing in new projects
+        account = f"{state['number']}-compute@developer.gserviceaccount.com"
+        raise GcloudError(f"Build failed: {account} lacks roles/run.builder")
+    account = call.require("build-service-account").rsplit("/", 1)[1]
     if account not in state["service_accounts"]:
-        raise GcloudError(f"Build service account {build_path} does not exist.")
-    sources = f"run-sources-{project}-{region}"
-    state["buckets"].setdefault(sources, {"name": sources, "labels": {}, "location": region})
-    state["objects"][f"gs://{sources}/services/{name}/{call.next_id()}.zip"] = "source"
-    missing = _build_missing(state, account, repository)
-    if missing:
         raise GcloudError(
-            BUILD_PERMISSION_ERROR.format(account=account) + " Missing: " + ", ".join(missing)
+            f"Build service account {call.flag('build-service-account')} does not exist."
         )
-    if call.require("service-account") not in state["service_accounts"]:
-        raise GcloudError(f"Service account {call.flag('service-account')} does not exist.")
+    sources = f"run-sources-{state['project']}-{region}"
+    state["buckets"].setdefault(sources, {"name": sources, "labels": {}, "location": region})
+    state["objects"][f"gs://{sources}/services/{name}/{next_id(state)}.zip"] = "source"
+    member, builder = f"serviceAccount:{account}", {"roles/run.builder"}
+    project = (state, "project", state["project"])
+    if not (
+        applies(*project, {"roles/logging.logWriter"} | builder, member)
+        and (applies(state, "repository", repository, {"roles/artifactregistry.writer"}, member)
+             or applies(*project, builder, member))
+        and (applies(state, "bucket", sources, {"roles/storage.objectViewer"}, member)
+             or applies(*project, builder, member))
+    ):  # fmt: skip
+        raise GcloudError(BUILD_PERMISSION_ERROR.format(account=account))
+    existing(call, "service_accounts", call.require("service-account"))
     service = copy.deepcopy(state["services"].get(name)) or {
-        "apiVersion": "serving.knative.dev/v1",
-        "kind": "Service",
-        "metadata": {"name": name, "labels": {}, "annotations": {"run.googleapis.com/ingress": "all"}},
-        "spec": {"template": {"metadata": {"annotations": {"run.googleapis.com/startup-cpu-boost": "True"}},
+        "metadata": {"name": name, "labels": {}, "annotations": {}},
+        "spec": {"template": {"metadata": {"annotations": {BOOST: "True"}},  # new services: on
                               "spec": {"containers": [{"resources": {"limits": {}}, "env": []}]}}},
         "status": {"url": f"https://{name}-{state['number']}.{region}.run.app"},
     }  # fmt: skip
     service["spec"]["template"]["spec"]["containers"][0]["image"] = (
-        f"{image}@sha256:{call.next_id():064d}"
+        f"{image}@sha256:{next_id(state):064d}"
     )
     service["metadata"]["annotations"]["run.googleapis.com/build-function-target"] = call.require(
         "function"
-    )
-    service["metadata"]["annotations"]["run.googleapis.com/base-images"] = call.require(
-        "base-image"
     )
     _apply_settings(call, service)
     state["services"][name] = service
 
 
-def run_services(call: Call) -> None:
-    verb, state = call.words[2], call.state
-    finder = find("services", "service")
-    if verb == "describe":
-        call.print([state["services"][finder(call)]])
-    elif verb == "update":
-        service = copy.deepcopy(state["services"][finder(call)])
-        _apply_settings(call, service)
-        state["services"][service["metadata"]["name"]] = service
-    elif verb == "delete":
-        name = finder(call)
-        del state["services"][name]
-        state["policies"].pop(f"service:{name}", None)
-    elif verb == "logs":
-        find("services", "service", index=4)(call)
-        call.stdout.write("LEVEL  NAME  TIME_UTC  LOG\nI  ride-prediction  ...  prediction\n")
-    else:
-        iam("service", finder)(call)
+def services_identity_create(call: Call) -> None:
+    """The Pub/Sub service agent; projects from after 8 April 2021 give it a project role."""
+    state = call.state
+    if not state["pubsub_agent"]:
+        state["pubsub_agent"] = True
+        add_binding(
+            state,
+            "project",
+            state["project"],
+            "roles/pubsub.serviceAgent",
+            pubsub_agent(state),
+            LONG_AGO,
+        )
+    call.stderr.write(f"Service identity created: {pubsub_agent(state).split(':')[1]}\n")
 
 
-def functions(call: Call) -> None:
-    name = find("functions", "function", index=2)(call)
-    call.region()
+def project_command(call: Call) -> None:
+    """``gcloud projects describe|*-iam-policy*``."""
+    if call.words[2] != call.state["project"]:
+        raise GcloudError(f"NOT_FOUND: project {call.words[2]}")
     if call.words[1] == "describe":
-        call.print([call.state["functions"][name]])
-    elif call.words[1] == "detach":
-        del call.state["functions"][name]  # the service stays, now a plain Cloud Run service
+        call.print([{"projectId": call.words[2], "projectNumber": call.state["number"]}])
     else:
-        raise GcloudError(f"fake gcloud: functions {call.words[1]} not modelled", 2)
+        iam(call, "project", call.words[2], call.words[1])
 
 
-# The commands deploy.sh may run, by their leading words.
 COMMANDS: dict[tuple[str, ...], Callable[[Call], None]] = {
     ("config", "get-value"): lambda call: call.stdout.write(call.state["project"] + "\n"),
     ("services", "list"): lambda call: call.print(
-        [{"config": {"name": api}} for api in call.state["apis"]]
+        [{"config": {"name": a}} for a in call.state["apis"]]
     ),
     ("services", "enable"): lambda call: call.state["apis"].extend(
-        api for api in call.words[2:] if api not in call.state["apis"]
+        a for a in call.words[2:] if a not in call.state["apis"]
     ),
     ("beta", "services", "identity", "create"): services_identity_create,
-    ("projects", "describe"): lambda call: call.print(
-        [{"projectId": _this_project(call), "projectNumber": call.state["number"]}]
-    ),
-    ("projects",): iam("project", _this_project),
-    ("pubsub", "topics"): topics,
-    ("pubsub", "subscriptions"): subscriptions,
-    ("iam", "service-accounts"): service_accounts,
-    ("storage",): storage,
-    ("artifacts", "repositories"): repositories,
-    ("secrets",): secrets,
+    ("projects",): project_command,
+    ("storage",): storage_objects,
     ("run", "deploy"): run_deploy,
-    ("run", "services"): run_services,
-    ("functions",): functions,
+    **{prefix: lambda call, prefix=prefix: resource_command(call, prefix) for prefix in RESOURCES},
 }
 
 
-def handle(state: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+def handle(state: Json, request: Json) -> Json:
     """Run one call against ``state`` (changed in place); the reply for the client."""
     state["calls"].append(request["args"])
-    state["clock"] += 1  # time passes: pending pushes are tried again
+    state["clock"] += 1  # time passes: held pushes are offered again
     for name, subscription in list(state["subscriptions"].items()):
         if subscription.get("pushConfig", {}).get("pushEndpoint"):
             deliver(state, name)
@@ -951,30 +742,22 @@ def handle(state: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
             raise GcloudError(
                 "fake gcloud: prompts are enabled, gcloud may ask questions", PROMPT_EXIT
             )
-        group = call.words[1] if call.words[:1] == ["beta"] else call.words[0]
-        api = GROUP_APIS.get(group)
+        api = GROUP_APIS.get(call.words[1] if call.words[0] == "beta" else call.words[0])
         if api and api not in state["apis"]:
             raise GcloudError(
-                f"PERMISSION_DENIED: {api} has not been used in project {state['number']} before or "
-                "it is disabled. If you enabled this API recently, wait a few minutes for the "
+                f"PERMISSION_DENIED: {api} has not been used in project {state['number']} before "
+                "or it is disabled. If you enabled this API recently, wait a few minutes for the "
                 "action to propagate to our systems and retry."
             )
-        line = " ".join(call.args)
         for fault in state["faults"]:
-            if fault["times"] > 0 and fault["match"] in line:
+            if fault["times"] > 0 and fault["match"] in " ".join(call.args):
                 fault["times"] -= 1
-                raise GcloudError(fault["error"], fault.get("code", 1))
-        command = next(
-            (
-                c
-                for p, c in sorted(COMMANDS.items(), key=lambda i: -len(i[0]))
-                if tuple(call.words[: len(p)]) == p
-            ),
-            None,
-        )
-        if command is None:
-            raise GcloudError(f"fake gcloud: command not modelled: {line}", 2)
-        command(call)
+                raise GcloudError(fault["error"])
+        prefixes = sorted(COMMANDS, key=len, reverse=True)
+        prefix = next((p for p in prefixes if tuple(call.words[: len(p)]) == p), None)
+        if prefix is None:
+            raise GcloudError(f"fake gcloud: command not modelled: {' '.join(call.args)}", 2)
+        COMMANDS[prefix](call)
         code = 0
     except GcloudError as error:
         name = ".".join(w for w in call.words[:4] if not w.startswith(("gs:", "projects/")))
@@ -987,15 +770,16 @@ def serve(socket_path: str) -> None:
     """Answer calls on a Unix socket, one at a time, until terminated."""
     sdk_root = os.environ["FAKE_GCLOUD_SDK_ROOT"]
     sys.path[:0] = [f"{sdk_root}/lib", f"{sdk_root}/lib/third_party"]
-    from googlecloudsdk.core.resource import resource_printer  # noqa: F401
-
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(socket_path)
         server.listen()
         while True:
             connection, _ = server.accept()
             with connection:
-                request = json.loads(b"".join(iter(lambda: connection.recv(65536), b"")))
+                chunks = []
+                while chunk := connection.recv(65536):
+                    chunks.append(chunk)
+                request = json.loads(b"".join(chunks))
                 if request.get("ping"):
                     connection.sendall(b'{"pong": true}')
                     continue
@@ -1005,8 +789,7 @@ def serve(socket_path: str) -> None:
                 try:
                     reply = handle(state, request)
                 except Exception as error:  # a bug in the fake: say so, loudly
-                    state = before
-                    state["calls"].append(request["args"])
+                    state = {**before, "calls": [*before["calls"], request["args"]]}
                     reply = {
                         "stdout": "",
                         "stderr": f"fake gcloud crashed: {error!r}\n",
