@@ -235,11 +235,12 @@ class FakeProject:
 
 
 def brand_new_project() -> dict[str, Any]:
-    """Nothing but the model's bucket; grants take 6 calls to apply, new accounts one binding."""
+    """Only the model's bucket; grants apply 12 calls after they are made; new accounts are
+    unknown to IAM for their first binding."""
     state = new_project(PROJECT, NUMBER, REGION)
     state["buckets"] = {MODEL_BUCKET: {"name": MODEL_BUCKET, "labels": {}}}
     state["objects"] = {f"{MODEL_URI}/MLmodel": PICKLE_MLMODEL}
-    state["propagation"] = 6
+    state["propagation"] = 12
     state["new_accounts_unpropagated"] = True
     return state
 
