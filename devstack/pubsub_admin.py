@@ -12,6 +12,8 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
+from devstack.push_subscription import PushSettings
+
 
 @dataclass(frozen=True)
 class ReceivedMessage:
@@ -76,6 +78,38 @@ class PubSubAdmin:
         }
         if push_endpoint:
             request["push_config"] = {"push_endpoint": push_endpoint}
+        try:
+            self.subscriber.create_subscription(request=request)
+        except exceptions.AlreadyExists:
+            pass
+        return path
+
+    def create_push_subscription(
+        self,
+        subscription: str,
+        topic: str,
+        push_endpoint: str,
+        settings: PushSettings,
+        dead_letter_topic: str,
+    ) -> str:
+        """Create a push subscription as deploy.sh makes Stream A's (never expires, backoff,
+        dead-letter policy), unless it exists; return its path."""
+        path = self.subscription_path(subscription)
+        request = {
+            "name": path,
+            "topic": self.topic_path(topic),
+            "push_config": {"push_endpoint": push_endpoint},
+            "ack_deadline_seconds": settings.ack_deadline_seconds,
+            "retry_policy": {
+                "minimum_backoff": {"seconds": settings.min_retry_delay_seconds},
+                "maximum_backoff": {"seconds": settings.max_retry_delay_seconds},
+            },
+            "dead_letter_policy": {
+                "dead_letter_topic": self.topic_path(dead_letter_topic),
+                "max_delivery_attempts": settings.max_delivery_attempts,
+            },
+            "expiration_policy": {},  # never
+        }
         try:
             self.subscriber.create_subscription(request=request)
         except exceptions.AlreadyExists:

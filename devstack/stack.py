@@ -6,7 +6,8 @@ registers the MLflow model as version 1 of ``ride-duration`` with the alias ``ch
 files land in ``gs://<bucket>/mlflow/…``), creates the topics and subscriptions, serves the
 function with ``MODEL_URI=models:/ride-duration@champion`` and the environment of
 ``docs/design.md``, and connects Stream A to it with a push subscription. Used as a context
-manager it tears everything down on normal exit, on Ctrl-C and on error.
+manager it tears everything down on normal exit, on Ctrl-C and on error. The push subscription is
+production's (``push-subscription.env``): ack deadline, backoff, dead-letter policy, no expiry.
 
 The GCS emulator keeps its data in memory, so the registry is rebuilt at every start (a fresh
 SQLite file): the two always agree, across ``make up``/``make down`` and reruns.
@@ -30,6 +31,7 @@ from devstack.function_server import REPO_ROOT, FunctionServer
 from devstack.mlflow_server import MlflowServer
 from devstack.processes import ManagedProcess, group_members, stop_process_group
 from devstack.pubsub_admin import PubSubAdmin
+from devstack.push_subscription import PushSettings, load_push_settings
 from devstack.storage import storage_client
 
 DEFAULT_WORK_DIR = REPO_ROOT / ".stack"
@@ -61,6 +63,9 @@ class StackConfig:
     # The function's MODEL_REFRESH_SECONDS: short, so that a promotion shows within seconds.
     model_refresh_seconds: float = 1.0
     function_env: dict[str, str] = field(default_factory=dict)
+    # Stream A's push subscription: production's settings (push-subscription.env, which
+    # deploy.sh reads too); tests may shorten the delays.
+    push_settings: PushSettings = field(default_factory=load_push_settings)
 
     @property
     def model_uri(self) -> str:
@@ -226,6 +231,7 @@ class LocalStack:
         admin.create_subscription(config.dead_letter_subscription, config.dead_letter_topic)
 
         step("serving main.predict_duration with functions-framework")
+        push_path = admin.subscription_path(config.push_subscription)
         self.function = FunctionServer(
             {
                 "MODEL_URI": config.model_uri,
@@ -235,6 +241,9 @@ class LocalStack:
                 "PROJECT_ID": config.project_id,
                 "PUBLISH_STREAM": config.output_topic,
                 "DEAD_LETTER_STREAM": config.dead_letter_topic,
+                # functions-framework drops a raw push's `subscription`: dead letters name it
+                # from here, as deploy.sh sets it.
+                "SOURCE_SUBSCRIPTION": push_path,
                 "PUBSUB_EMULATOR_HOST": self.pubsub_emulator.host,
                 "STORAGE_EMULATOR_HOST": self.storage_emulator.url,
                 STACK_TAG_VARIABLE: str(config.work_dir.resolve()),
@@ -242,10 +251,12 @@ class LocalStack:
             },
             config.log_dir,
         ).start()
-        admin.create_subscription(
+        admin.create_push_subscription(
             config.push_subscription,
             config.input_topic,
-            push_endpoint=self.function.push_endpoint(config.project_id, config.input_topic),
+            self.function.push_endpoint(config.project_id, config.input_topic),
+            config.push_settings,
+            config.dead_letter_topic,
         )
         self._state = StackState(
             project_id=config.project_id,

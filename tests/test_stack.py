@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from devstack.processes import group_members, http_status
+from devstack.push_subscription import load_push_settings
 from devstack.stack import LocalStack, StackConfig, stack_processes
 from tests.conftest import ModelFixture, load_json, ride_features, unique
 
@@ -73,6 +74,26 @@ def test_200_rides_each_predicted_exactly_once(
         assert message.attributes["ride_id"] == ride_id
         assert message.attributes["model_version"] == "1"
         assert message.attributes["source_message_id"]
+
+
+def test_stream_a_is_pushed_with_productions_subscription_settings(
+    local_stack: LocalStack,
+) -> None:
+    config = local_stack.config
+    path = local_stack.admin.subscription_path(config.push_subscription)
+    live = local_stack.admin.subscriber.get_subscription(subscription=path)
+
+    settings = load_push_settings()  # push-subscription.env, which deploy.sh reads too
+    assert live.ack_deadline_seconds == settings.ack_deadline_seconds
+    assert live.retry_policy.minimum_backoff.seconds == settings.min_retry_delay_seconds
+    assert live.retry_policy.maximum_backoff.seconds == settings.max_retry_delay_seconds
+    assert live.dead_letter_policy.max_delivery_attempts == settings.max_delivery_attempts
+    assert live.dead_letter_policy.dead_letter_topic.endswith(f"/{config.dead_letter_topic}")
+    assert not live.expiration_policy.ttl  # never expires
+    assert live.push_config.push_endpoint.endswith(f"/topics/{config.input_topic}")
+    # The raw push's `subscription` does not survive functions-framework's conversion.
+    assert local_stack.function is not None
+    assert local_stack.function.env["SOURCE_SUBSCRIPTION"] == path
 
 
 def _gcloud(stack: LocalStack, config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
