@@ -23,6 +23,9 @@ from devstack.moto_server import MotoServer
 from devstack.pubsub_admin import PubSubAdmin
 from devstack.storage import storage_client
 from publisher import OutgoingMessage
+
+# `make test-fast`'s scope and its guard: the hooks live in fast_scope; pytest finds them here.
+from tests.fast_scope import pytest_addoption, pytest_collection_modifyitems, pytest_configure  # noqa: F401
 from training.dataset import generate_rides
 from training.train import LoggedModel, log_model, split_rides, train
 
