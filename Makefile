@@ -54,10 +54,11 @@ test: lint
 	@$(PY) tools/python_env.py describe
 	$(PY) -m pytest
 
-# The edit-test loop: no emulator, server, gcloud, Java or network (tests/fast_scope.py).
+# The edit-test loop: no emulator, server, gcloud, Java, network or sleeping test
+# (tests/fast_scope.py); its slowest tests listed, so that new slow ones show.
 test-fast: $(STAMP)
 	@$(PY) tools/python_env.py describe
-	$(PY) -m pytest --fast
+	$(PY) -m pytest --fast --durations=5
 
 train: $(STAMP)
 	$(PY) -m training.train

@@ -6,8 +6,10 @@ Python subprocesses). It leaves out every test marked with one of ``LEFT_OUT``:
 
 - ``emulator`` is set here on every test that uses, directly or through other fixtures, one
   of ``PROCESS_FIXTURES``: a new test on those fixtures is left out without anyone marking it.
-  Tests that start the stack or a server themselves carry the mark in their module.
+  Tests that start the stack or a server themselves carry the mark by hand.
 - ``gcloud`` and ``network`` are marked by hand, where a test runs the gcloud CLI or asks PyPI.
+- ``slow``, by hand, on the in-process tests that sleep seconds on a real clock (the
+  publisher's timeouts); ``make test-fast`` lists its slowest tests, so new ones show.
 
 A test that slips through unmarked fails under ``--fast`` instead of quietly running slow:
 the run puts stand-ins for ``gcloud`` and ``java`` first on ``PATH`` (its subprocesses inherit
@@ -30,7 +32,7 @@ from devstack.processes import ManagedProcess
 
 # The conftest fixtures that start a process (every emulator and server fixture builds on one).
 PROCESS_FIXTURES = frozenset({"pubsub_emulator", "storage_emulator", "moto_server"})
-LEFT_OUT = ("emulator", "gcloud", "network")
+LEFT_OUT = ("emulator", "gcloud", "network", "slow")
 # What the stand-ins exit with: not 0, and not 1 or 127, which tests may expect of a real tool.
 STAND_IN_EXIT_STATUS = 97
 _STAND_IN = """#!/bin/sh
