@@ -137,11 +137,19 @@ def is_current(venv_dir: Path, requirements: Sequence[Path]) -> bool:
     return all(stamp.stat().st_mtime >= path.stat().st_mtime for path in requirements)
 
 
+def create_venv(venv_dir: Path, with_pip: bool = True) -> None:
+    """Make ``venv_dir`` a new venv of this interpreter, emptied first if it was one already.
+
+    As ``python -m venv --clear`` does: symlinks to the interpreter on POSIX.
+    """
+    venv.EnvBuilder(clear=True, symlinks=os.name != "nt", with_pip=with_pip).create(venv_dir)
+
+
 def ensure_venv(
     venv_dir: Path,
     requirements: Sequence[Path],
     run: Run = subprocess.run,
-    create: Callable[[Path], None] | None = None,
+    create: Callable[[Path], None] = create_venv,
 ) -> bool:
     """Build ``venv_dir`` with this interpreter and install ``requirements[0]`` into it.
 
@@ -157,7 +165,7 @@ def ensure_venv(
             raise SystemExit(f"{venv_dir} is not a virtual environment: not replacing it")
         print(f"… building {venv_dir} with {describe()}", flush=True)
         print("  (the first run installs the dependencies, about two minutes)", flush=True)
-        (create or _create)(venv_dir)
+        create(venv_dir)
     else:
         print(f"… installing {requirements[0]} into {venv_dir} ({describe()})", flush=True)
     python = str(venv_dir / "bin" / "python")
@@ -166,11 +174,6 @@ def ensure_venv(
     run([*pip, "-r", str(requirements[0])], check=True)
     (venv_dir / STAMP_NAME).write_text(me)
     return True
-
-
-def _create(venv_dir: Path) -> None:
-    # As `python -m venv` does on POSIX: symlinks to the interpreter; --clear for a rebuild.
-    venv.EnvBuilder(clear=True, symlinks=os.name != "nt", with_pip=True).create(venv_dir)
 
 
 def main(argv: Sequence[str]) -> int:
