@@ -20,15 +20,27 @@ from tests.fast_scope import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_fast_run_leaves_out_the_tests_on_emulator_fixtures_and_the_marked_ones() -> None:
+def _selected(*args: str) -> set[str]:
+    """The names of the tests ``pytest --collect-only args`` selects."""
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-         "--fast", "tests/test_publisher.py", "tests/test_stack.py",
-         "tests/test_requirements.py", "tests/test_publisher_limits.py"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    selected = {line.split("::")[1] for line in result.stdout.splitlines() if "::" in line}
+    return {line.split("::")[1] for line in result.stdout.splitlines() if "::" in line}
+
+
+def test_the_fast_run_leaves_out_the_tests_on_emulator_fixtures_and_the_marked_ones() -> None:
+    selected = _selected(
+        "--fast",
+        "tests/test_publisher.py",
+        "tests/test_stack.py",
+        "tests/test_requirements.py",
+        "tests/test_publisher_limits.py",
+    )
 
     # test_publisher: 4 of its 5 tests reach the emulator through the `pubsub` fixture and
     # carry no mark; test_stack starts the stack itself; test_requirements asks PyPI once.
@@ -43,6 +55,16 @@ def test_the_fast_run_leaves_out_the_tests_on_emulator_fixtures_and_the_marked_o
         selected
     )
     assert "test_max_rpcs_in_flight_must_be_positive" in selected
+
+
+def test_the_emulator_mark_set_from_fixtures_is_there_for_m_too() -> None:
+    # Set before pytest's own -m selection, so `pytest -m emulator` runs the integration tests.
+    assert _selected("-m", "emulator", "tests/test_publisher.py") == {
+        "test_bytes_and_attributes_arrive",
+        "test_many_messages_in_one_call_all_arrive_in_any_order",
+        "test_a_missing_topic_raises_publish_error",
+        "test_the_client_is_created_once_and_lazily",
+    }
 
 
 def test_under_the_guard_gcloud_java_and_devstack_processes_fail_at_once(
