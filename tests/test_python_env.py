@@ -262,9 +262,12 @@ def test_describe_says_whether_this_is_the_deploy_runtime() -> None:
 
 
 def _make_dry_run(*args: str) -> list[str]:
+    # Not the outer make's variables (`make test PYTHON=...` passes them down in MAKEFLAGS).
+    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTHON"}
     result = subprocess.run(
         ["make", "--no-print-directory", "-n", *args],
         cwd=REPO_ROOT,
+        env={name: value for name, value in os.environ.items() if name not in outer},
         capture_output=True,
         text=True,
         check=True,
