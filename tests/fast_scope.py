@@ -8,8 +8,10 @@ Python subprocesses). It leaves out every test marked with one of ``LEFT_OUT``:
   of ``PROCESS_FIXTURES``: a new test on those fixtures is left out without anyone marking it.
   Tests that start the stack or a server themselves carry the mark by hand.
 - ``gcloud`` and ``network`` are marked by hand, where a test runs the gcloud CLI or asks PyPI.
-- ``slow``, by hand, on the in-process tests that sleep seconds on a real clock (the
-  publisher's timeouts); ``make test-fast`` lists its slowest tests, so new ones show.
+- ``slow``, by hand, on tests that take seconds by design: they wait out real timeouts (the
+  publisher's), repeat many model swaps (the refresh's memory and consistency tests) or run
+  pytest again (this scope's own tests). ``make test-fast`` lists its slowest tests, so that
+  new ones show.
 
 A test that slips through unmarked fails under ``--fast`` instead of quietly running slow:
 the run puts stand-ins for ``gcloud`` and ``java`` first on ``PATH`` (its subprocesses inherit

@@ -33,6 +33,7 @@ def _selected(*args: str) -> set[str]:
     return {line.split("::")[1] for line in result.stdout.splitlines() if "::" in line}
 
 
+@pytest.mark.slow  # collects in another pytest process: seconds
 def test_the_fast_run_leaves_out_the_tests_on_emulator_fixtures_and_the_marked_ones() -> None:
     selected = _selected(
         "--fast",
@@ -57,6 +58,7 @@ def test_the_fast_run_leaves_out_the_tests_on_emulator_fixtures_and_the_marked_o
     assert "test_max_rpcs_in_flight_must_be_positive" in selected
 
 
+@pytest.mark.slow  # collects in another pytest process: seconds
 def test_the_emulator_mark_set_from_fixtures_is_there_for_m_too() -> None:
     # Set before pytest's own -m selection, so `pytest -m emulator` runs the integration tests.
     assert _selected("-m", "emulator", "tests/test_publisher.py") == {
