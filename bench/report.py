@@ -289,7 +289,6 @@ def _lever_lines(levers: dict[str, Any]) -> list[str]:
         lines += ["| `PredictionService.handle` in process | |", "|---|---:|"]
         lines += [f"| {name} | {_fmt(value, 2)} |" for name, value in levers["handler"].items()]
         lines.append("")
-        lines += _before_after_lines(levers["handler"])
     if "contract_us" in levers:
         lines += ["| the message contract's own work | CPU (µs per call) |", "|---|---:|"]
         lines += [f"| {name} | {_fmt(us, 1)} |" for name, us in levers["contract_us"].items()]
@@ -298,33 +297,6 @@ def _lever_lines(levers: dict[str, Any]) -> list[str]:
         cost = _fmt(levers["log_line_us"], 1)
         lines.append(f"One per-message JSON log line costs {cost} µs CPU.")
     return lines
-
-
-# (row, the handler lever's key, whether the figure is a 1,000-ride message's ms, as rides/s)
-BEFORE_AFTER_ROWS = (
-    ("single-ride handler, no network: CPU (µs)", "1 ride, no network{}: CPU µs", False),
-    ("1,000-ride message in process (rides/s)", "1000 rides, no network{}: wall ms", True),
-    (
-        "1,000-ride message end to end (rides/s)",
-        "1000 rides, end to end (functions-framework, emulator){}: wall ms",
-        True,
-    ),
-)
-
-
-def _before_after_lines(handler: dict[str, float]) -> list[str]:
-    """Issue 12's typed schemas against the handler before them (bench/variants/contract_before)."""
-    lines = [
-        "| typed schemas (issue 12), same run | before | after | after ÷ before |",
-        "|---|---:|---:|---:|",
-    ]
-    for label, key, per_batch in BEFORE_AFTER_ROWS:
-        before = handler.get(key.format(", before issue 12"), float("nan"))
-        after = handler.get(key.format(""), float("nan"))
-        if per_batch:
-            before, after = 1000 / (before / 1000), 1000 / (after / 1000)
-        lines.append(f"| {label} | {_fmt(before, 1)} | {_fmt(after, 1)} | {_fmt(after / before)} |")
-    return [*lines, ""]
 
 
 def _round_lines(raw: dict[str, Any], names: Sequence[str]) -> list[str]:
