@@ -89,7 +89,7 @@ VARIANTS = (
         module="main",
         description="main.py",
         # main.py, publisher.py and model_loader.py's direct path (a pickled sklearn model on
-        # gs://, as here, needs no MLflow): see model_loader._load_directly.
+        # gs://, as here, needs no MLflow): see ride_predictor.loaders._load_directly.
         bare_imports=(
             "functions_framework",
             "google.pubsub_v1",

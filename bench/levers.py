@@ -40,13 +40,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import features
 import main
 from bench.harness import PROBE, Pusher, on_other_cpus, push_body
 from devstack.function_server import FunctionServer
-from model_loader import ModelLoader, load_model
-from publisher import OutgoingMessage, PubSubPublisher
-from settings import DEFAULT_MODEL_NAME
+from ride_predictor import messages
+from ride_predictor.loaders import load_model
+from ride_predictor.model_holder import ModelHolder
+from ride_predictor.publisher import OutgoingMessage, PubSubPublisher
+from ride_predictor.settings import DEFAULT_MODEL_NAME
 
 TOPIC = "ride-predictions"
 # The function as deployed, as functions-framework serves it (suffix of its figures: none).
@@ -155,7 +156,7 @@ def predict_levers(
     tutorial = mlflow.pyfunc.load_model(str(tutorial_dir))
     flavour = mlflow.sklearn.load_model(str(model_dir))
     project = load_model(str(model_dir), "m", None)
-    rows = [features.prepare_features(ride["ride"]) for ride in rides(1000, seed=3)]
+    rows = [messages.prepare_features(ride["ride"]) for ride in rides(1000, seed=3)]
     one = rows[:1]
 
     def fast_config(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -225,7 +226,7 @@ def publish_levers(rounds: int, calls: int) -> dict[str, list[float]]:
 
 def handler_levers(model_dir: Path, rounds: int, calls: int, real_publish: bool) -> dict[str, Any]:
     """``PredictionService.handle`` in process: µs per single-ride message, ms per 1,000 rides."""
-    loader = ModelLoader(str(model_dir), DEFAULT_MODEL_NAME)
+    loader = ModelHolder(str(model_dir), DEFAULT_MODEL_NAME)
     loader.get()
     settings = main.Settings(model_uri=str(model_dir), project_id=os.environ["PROJECT_ID"])
     services: dict[str, Any] = {
@@ -322,12 +323,12 @@ def contract_levers(rounds: int, calls: int) -> dict[str, list[float]]:
     ]
 
     def encode() -> list[bytes]:
-        messages = [features.build_prediction_message(name, version, i, 17.6) for i in range(1000)]
-        return [features.encode_message(message) for message in messages]
+        messages = [messages.build_prediction_message(name, version, i, 17.6) for i in range(1000)]
+        return [messages.encode_message(message) for message in messages]
 
     cases: dict[str, Callable[[], Any]] = {
-        "decode + validate, 1 ride, msgspec": lambda: features.decode_message(single, 1 << 20),
-        "decode + validate, 1000 rides, msgspec": lambda: features.decode_message(batch, 1 << 20),
+        "decode + validate, 1 ride, msgspec": lambda: messages.decode_message(single, 1 << 20),
+        "decode + validate, 1000 rides, msgspec": lambda: messages.decode_message(batch, 1 << 20),
         "build + encode 1000 outputs, msgspec": encode,
         "json.dumps of 1000 output dicts": lambda: [json.dumps(m).encode() for m in dicts],
     }

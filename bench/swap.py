@@ -2,7 +2,7 @@
 
 In one process, as on one Cloud Functions instance: ``--threads`` request threads call
 ``main.PredictionService.handle`` (one ride per message, in-memory publisher: everything but the
-network) as fast as they can, while a ``ModelLoader`` following an alias swaps between two models
+network) as fast as they can, while a ``ModelHolder`` following an alias swaps between two models
 of the bench's size (trained with the project's own command) every ``--period`` seconds. Each
 request's latency is recorded with the time it started; requests that overlap a refresh (from
 the resolution to the end of the collection that frees the old model) form the *swap* window,
@@ -52,7 +52,9 @@ def run_variant(
     """Serve requests on ``threads`` threads for ``seconds`` while the alias flips every
     ``period``; return the windows' throughput and latency."""
     import main
-    from model_loader import LoadedModel, ModelLoader, load_model
+    from ride_predictor.background import PeriodicWork
+    from ride_predictor.loaders import LoadedModel, load_model
+    from ride_predictor.model_holder import ModelHolder
 
     state = {"version": "1"}
     refresh_windows: list[tuple[float, float]] = []
@@ -68,7 +70,7 @@ def run_variant(
     def resolve(uri: str) -> str:
         return state["version"]
 
-    loader = ModelLoader(
+    loader = ModelHolder(
         "models:/bench@champion", "m", refresh_seconds=period, load=load, resolve=resolve
     )
     original_refresh = loader._refresh
@@ -82,7 +84,8 @@ def run_variant(
         if loader.get().version != before:
             swap_load_ms.append(round((ended - started) * 1000, 1))
 
-    loader._refresh = timed_refresh  # type: ignore[method-assign]
+    # The same periodic work, timed: what the service starts after a message once it is due.
+    loader.refresh_work = PeriodicWork("model-refresh", timed_refresh, loader.refresh_seconds)
     # The per-message log line at DEBUG, below the logger's level: not written, as in levers.
     settings = main.Settings(
         model_uri=loader.model_uri, project_id="bench", model_name="m", message_log_level="DEBUG"
@@ -162,7 +165,8 @@ def stages(model_dirs: dict[str, Path], rounds: int = 3) -> dict[str, float]:
     the GIL (C code: the unpickling, the collection), except the fast-path check (Python)."""
     import gc
 
-    from model_loader import _load_directly, load_model, sklearn_predictor
+    from ride_predictor.fast_path import sklearn_predictor
+    from ride_predictor.loaders import _load_directly, load_model
 
     load_model(str(model_dirs["1"]), "m", None)
     gc.freeze()

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-import features
+from ride_predictor import messages
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MONITORING_DIR = SCHEMA_DIR.parent / "monitoring"
@@ -31,7 +31,7 @@ RIDE_EVENT_DESCRIPTION = (
     "schema cannot express: data over MAX_MESSAGE_BYTES (1 MiB by default) or a batch of more "
     "than MAX_BATCH_RIDES rides (1000 by default); bytes that are not UTF-8 anywhere in the "
     "message; NaN and Infinity tokens; a lone surrogate escape (\\ud800 to \\udfff) in any "
-    f"string; arrays and objects nested deeper than {features.MAX_JSON_DEPTH} levels; and an "
+    f"string; arrays and objects nested deeper than {messages.MAX_JSON_DEPTH} levels; and an "
     "integer field written with a fraction or an exponent (130.0, 1.3e2), which JSON Schema's "
     "integer type accepts: a producer that writes integers as integers never meets that one."
 )
@@ -49,7 +49,7 @@ def ride_event_schema() -> dict[str, Any]:
     validator reports what is wrong inside the event (``0 is less than the minimum of 1``)
     rather than that neither alternative matched.
     """
-    generated = msgspec.json.schema(features.RideEvent | features.RideEvents)
+    generated = msgspec.json.schema(messages.RideEvent | messages.RideEvents)
     (batch,) = [option for option in generated["anyOf"] if option.get("type") == "array"]
     (event,) = [option for option in generated["anyOf"] if option is not batch]
     return {
@@ -65,7 +65,7 @@ def ride_event_schema() -> dict[str, Any]:
 
 def prediction_schema() -> dict[str, Any]:
     """The JSON Schema of an output message."""
-    generated = msgspec.json.schema(features.PredictionMessage)
+    generated = msgspec.json.schema(messages.PredictionMessage)
     return {
         "$schema": DIALECT,
         "title": "Prediction message",
@@ -146,7 +146,7 @@ def _bigquery_fields(struct: msgspec.inspect.StructType, prefix: str = "") -> li
 def prediction_log_schema() -> list[dict[str, Any]]:
     """The prediction log table's columns: Pub/Sub's metadata, then the output message's fields
     (what --use-table-schema --write-metadata --drop-unknown-fields writes)."""
-    body = _bigquery_fields(msgspec.inspect.type_info(features.PredictionMessage))
+    body = _bigquery_fields(msgspec.inspect.type_info(messages.PredictionMessage))
     return [*PREDICTION_LOG_METADATA, *body]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from devstack.stack import stack_processes
-from publisher import DEFAULT_MAX_RPCS_IN_FLIGHT
+from ride_predictor.publisher import DEFAULT_MAX_RPCS_IN_FLIGHT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
