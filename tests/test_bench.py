@@ -91,3 +91,41 @@ def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path:
     assert "### Break-even volumes" in markdown
     assert "### Several Publish RPCs in flight against one" in markdown
     assert stack_processes(work) == []
+
+
+@pytest.mark.emulator
+def test_the_fast_path_measurement_runs_both_variants_and_prices_them(tmp_path: Path) -> None:
+    out, work = tmp_path / "results", tmp_path / "work"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.fast_path",
+            "--rounds=1",
+            "--rides=2000",
+            "--zones=10",
+            "--calls=5",
+            "--concurrency=2",
+            f"--out={out}",
+            f"--work-dir={work}",
+        ],
+        check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=240,
+    )
+
+    results = json.loads((out / "results.json").read_text())
+    levels = {(r["variant"], r["concurrency"]) for r in results["levels"]}
+    assert levels == {(v, c) for v in ("project", "pipeline") for c in (1, 2)}
+    assert all(r["single"]["ok"] > 0 and r["single"]["failed"] == 0 for r in results["levels"])
+    summary = results["summary"]
+    fast, pipeline = (
+        summary["in_process_us"][f"{v}: 1 ride, CPU µs"] for v in ("project", "pipeline")
+    )
+    assert fast < pipeline  # the pipeline's predict really ran in the second variant
+    assert set(summary["compute_per_million"]) == {"project", "pipeline"}
+    assert (
+        "| figure | project | pipeline | project ÷ pipeline |" in (out / "results.md").read_text()
+    )
+    assert stack_processes(work) == []
