@@ -88,7 +88,7 @@ VARIANTS = (
         name="project",
         module="main",
         description="main.py",
-        # main.py, publisher.py and model_loader.py's direct path (a pickled sklearn model on
+        # main.py, its publisher and the loaders' direct path (a pickled sklearn model on
         # gs://, as here, needs no MLflow): see ride_predictor.loaders._load_directly.
         bare_imports=(
             "functions_framework",

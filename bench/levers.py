@@ -14,7 +14,7 @@ Each lever is timed in isolation, ``--rounds`` times interleaved, and reported a
   with the project's ``publisher.PubSubPublisher``;
 * ``log_line_us``: one per-message JSON log line of ``main`` (written to /dev/null);
 * ``contract_us``: decoding and validating one ride's message and a 1,000-ride message, and
-  building and encoding 1,000 output messages, with ``features`` (msgspec), next to
+  building and encoding 1,000 output messages, with ``ride_predictor.messages`` (msgspec), next to
   ``json.dumps``;
 * ``handler``: ``main.PredictionService.handle`` in process for one ride and for 1,000-ride
   messages with an in-memory publisher (decode, validate, predict, build every output

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ride_predictor.errors import PublishError as PublishError  # raised here: importable here
 
-# Publish RPCs in flight per topic at most (``PUBLISH_MAX_RPCS_IN_FLIGHT``): see settings.py.
+# Publish RPCs in flight per topic at most (``PUBLISH_MAX_RPCS_IN_FLIGHT``): see settings.
 from ride_predictor.settings import DEFAULT_MAX_RPCS_IN_FLIGHT
 
 # The Publish API takes at most 1,000 messages and 10 MB per request; the byte budget leaves

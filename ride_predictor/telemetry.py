@@ -79,7 +79,7 @@ def telemetry_settings(
     project_id: str, export_seconds: float, environ: Mapping[str, str]
 ) -> TelemetrySettings:
     """The export period (``METRICS_EXPORT_SECONDS``, read with the other settings in
-    ``settings.py``) with what Cloud Run tells the instance: ``K_SERVICE``, ``K_REVISION``."""
+    ``settings``) with what Cloud Run tells the instance: ``K_SERVICE``, ``K_REVISION``."""
     return TelemetrySettings(
         project_id=project_id,
         export_seconds=export_seconds,
