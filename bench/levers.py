@@ -43,8 +43,13 @@ from typing import Any
 import main
 from bench.harness import PROBE, Pusher, on_other_cpus, push_body
 from devstack.function_server import FunctionServer
-from ride_predictor import messages
 from ride_predictor.loaders import load_model
+from ride_predictor.messages import (
+    build_prediction_message,
+    decode_message,
+    encode_message,
+    prepare_features,
+)
 from ride_predictor.model_holder import ModelHolder
 from ride_predictor.publisher import OutgoingMessage, PubSubPublisher
 from ride_predictor.settings import DEFAULT_MODEL_NAME
@@ -156,7 +161,7 @@ def predict_levers(
     tutorial = mlflow.pyfunc.load_model(str(tutorial_dir))
     flavour = mlflow.sklearn.load_model(str(model_dir))
     project = load_model(str(model_dir), "m", None)
-    rows = [messages.prepare_features(ride["ride"]) for ride in rides(1000, seed=3)]
+    rows = [prepare_features(ride["ride"]) for ride in rides(1000, seed=3)]
     one = rows[:1]
 
     def fast_config(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -323,12 +328,12 @@ def contract_levers(rounds: int, calls: int) -> dict[str, list[float]]:
     ]
 
     def encode() -> list[bytes]:
-        messages = [messages.build_prediction_message(name, version, i, 17.6) for i in range(1000)]
-        return [messages.encode_message(message) for message in messages]
+        outputs = [build_prediction_message(name, version, i, 17.6) for i in range(1000)]
+        return [encode_message(output) for output in outputs]
 
     cases: dict[str, Callable[[], Any]] = {
-        "decode + validate, 1 ride, msgspec": lambda: messages.decode_message(single, 1 << 20),
-        "decode + validate, 1000 rides, msgspec": lambda: messages.decode_message(batch, 1 << 20),
+        "decode + validate, 1 ride, msgspec": lambda: decode_message(single, 1 << 20),
+        "decode + validate, 1000 rides, msgspec": lambda: decode_message(batch, 1 << 20),
         "build + encode 1000 outputs, msgspec": encode,
         "json.dumps of 1000 output dicts": lambda: [json.dumps(m).encode() for m in dicts],
     }
