@@ -20,20 +20,6 @@ from tests.aws_events import SAMPLE_RIDE, kinesis_event
 from tests.conftest import SAMPLE_FEATURES, ModelFixture, unique
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CORE_MODULES = [
-    "__init__",
-    "background",
-    "errors",
-    "fast_path",
-    "inference",
-    "json_logging",
-    "loaders",
-    "messages",
-    "model_holder",
-    "redaction",
-    "registry",
-    "settings",
-]
 EXPECTED_NAMES = sorted(
     [
         "kinesis_event.py",
@@ -41,7 +27,7 @@ EXPECTED_NAMES = sorted(
         "lambda_function.py",
         "lambda_settings.py",
         "requirements.txt",
-        *(f"ride_predictor/{name}.py" for name in CORE_MODULES),
+        *(f"ride_predictor/{name}.py" for name in build_zip.CORE_MODULES),
     ]
 )
 
@@ -74,7 +60,7 @@ def built_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_zip_holds_the_handler_at_its_root_and_the_core_package_beside_it(built_zip: Path) -> None:
     with zipfile.ZipFile(built_zip) as archive:
         assert sorted(archive.namelist()) == EXPECTED_NAMES
-        for name in CORE_MODULES:
+        for name in build_zip.CORE_MODULES:
             path = f"ride_predictor/{name}.py"
             assert archive.read(path) == (REPO_ROOT / path).read_bytes(), path
         assert (

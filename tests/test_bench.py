@@ -19,22 +19,17 @@ from ride_predictor.publisher import DEFAULT_MAX_RPCS_IN_FLIGHT
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.emulator
-def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path: Path) -> None:
-    out, work = tmp_path / "results", tmp_path / "work"
+def run_bench(module: str, *options: str, out: Path, work: Path) -> None:
+    """``python -m <module>`` with one round on a tiny model, writing to ``out`` and ``work``."""
     subprocess.run(
         [
             sys.executable,
             "-m",
-            "bench",
-            "--quick",
+            module,
             "--rounds=1",
             "--rides=2000",
             "--zones=10",
-            "--skip-levers",
-            "--variants",
-            "floor",
-            "project",
+            *options,
             f"--out={out}",
             f"--work-dir={work}",
         ],
@@ -42,6 +37,14 @@ def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path:
         cwd=REPO_ROOT,
         capture_output=True,
         timeout=240,
+    )
+
+
+@pytest.mark.emulator
+def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path: Path) -> None:
+    out, work = tmp_path / "results", tmp_path / "work"
+    run_bench(
+        "bench", "--quick", "--skip-levers", "--variants", "floor", "project", out=out, work=work
     )
 
     results = json.loads((out / "results.json").read_text())
@@ -96,24 +99,7 @@ def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path:
 @pytest.mark.emulator
 def test_the_fast_path_measurement_runs_both_variants_and_prices_them(tmp_path: Path) -> None:
     out, work = tmp_path / "results", tmp_path / "work"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.fast_path",
-            "--rounds=1",
-            "--rides=2000",
-            "--zones=10",
-            "--calls=5",
-            "--concurrency=2",
-            f"--out={out}",
-            f"--work-dir={work}",
-        ],
-        check=True,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        timeout=240,
-    )
+    run_bench("bench.fast_path", "--calls=5", "--concurrency=2", out=out, work=work)
 
     results = json.loads((out / "results.json").read_text())
     levels = {(r["variant"], r["concurrency"]) for r in results["levels"]}
