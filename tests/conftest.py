@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from cloudevents.http import CloudEvent
 
-import main
 from devstack.emulators import PubSubEmulator, StorageEmulator
 from devstack.function_server import FunctionServer
 from devstack.moto_server import MotoServer
 from devstack.pubsub_admin import PubSubAdmin
 from devstack.storage import storage_client
-from publisher import OutgoingMessage
+from ride_predictor.json_logging import CloudLoggingFormatter
+from ride_predictor.publisher import OutgoingMessage
 
 # `make test-fast`'s scope and its guard: the hooks live in fast_scope; pytest finds them here.
 from tests.fast_scope import pytest_addoption, pytest_collection_modifyitems, pytest_configure  # noqa: F401
@@ -208,7 +208,7 @@ def json_logs() -> Iterator[list[dict[str, Any]]]:
             lines.append(json.loads(self.format(record)))
 
     handler = Collect()
-    handler.setFormatter(main.CloudLoggingFormatter())
+    handler.setFormatter(CloudLoggingFormatter())
     logger = logging.getLogger("ride_predictor")
     logger.addHandler(handler)
     yield lines
