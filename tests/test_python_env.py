@@ -262,8 +262,9 @@ def test_describe_says_whether_this_is_the_deploy_runtime() -> None:
 
 
 def _make_dry_run(*args: str) -> list[str]:
-    # Not the outer make's variables (`make test PYTHON=...` passes them down in MAKEFLAGS).
-    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTHON"}
+    # Not the outer make's variables: `make test PYTHON=... VENV=...` passes them down, in
+    # MAKEFLAGS and in the environment.
+    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTHON", "VENV"}
     result = subprocess.run(
         ["make", "--no-print-directory", "-n", *args],
         cwd=REPO_ROOT,
