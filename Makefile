@@ -1,6 +1,11 @@
 # The two commands: `make demo` (the whole flow on local emulators) and `make test`.
 # Both create or reuse the virtual environment in .venv.
-PYTHON ?= python3
+# Its interpreter: Python 3.12, the deploy runtime, when one runs here, else python3
+# (tools/python_env.py; docs/testing.md, "Which Python"). Found once, when first needed;
+# `make test PYTHON=python3.11` picks another (the venv is rebuilt for it).
+ifeq ($(origin PYTHON),undefined)
+PYTHON = $(eval PYTHON := $(shell python3 tools/python_env.py choose))$(PYTHON)
+endif
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -10,11 +15,12 @@ RUNTIME_FILES := $(shell sed -n 's|^!/||p' .gcloudignore)
 FUNCTION_NAME ?= ride-prediction
 DIST ?= dist
 
-.PHONY: help venv lint format test demo up down train package package-aws bench schemas clean
+.PHONY: help venv lint format test test-fast demo up down train package package-aws bench schemas clean FORCE
 
 help:
 	@echo "make demo    run Stream A -> function -> Stream B on local emulators"
 	@echo "make test    lint and run every test"
+	@echo "make test-fast  the tests that need no emulator, server, gcloud or Java (under a minute)"
 	@echo "make up/down keep the local stack running / stop it"
 	@echo "make train   train a model into the local MLflow store"
 	@echo "make lint    ruff, mypy --strict, shellcheck, the CI workflow's schema;  make format  fixes"
@@ -24,12 +30,10 @@ help:
 	@echo "make bench   benchmark vs the tutorial's function (a few minutes; bench/results)"
 	@echo "make schemas regenerate schemas/*.schema.json from the declarations in ride_predictor/messages.py"
 
-$(STAMP): requirements.txt requirements-dev.txt
-	@echo "… preparing $(VENV) (first run installs the dependencies, about a minute)"
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	@touch $@
+# Checked on every run: rebuilt when a requirements file changed or $(PYTHON) is not the
+# interpreter the stamp records (tools/python_env.py).
+$(STAMP): FORCE
+	@$(PYTHON) tools/python_env.py venv $(VENV) requirements-dev.txt requirements.txt
 
 venv: $(STAMP)
 
@@ -48,7 +52,14 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 test: lint
+	@$(PY) tools/python_env.py describe
 	$(PY) -m pytest
+
+# The edit-test loop: no emulator, server, gcloud, Java, network or sleeping test
+# (tests/fast_scope.py); its slowest tests listed, so that new slow ones show.
+test-fast: $(STAMP)
+	@$(PY) tools/python_env.py describe
+	$(PY) -m pytest --fast --durations=5
 
 train: $(STAMP)
 	$(PY) -m training.train
@@ -89,3 +100,5 @@ down: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+FORCE:

@@ -23,10 +23,20 @@ from devstack.pubsub_admin import PubSubAdmin
 from devstack.storage import storage_client
 from ride_predictor.json_logging import CloudLoggingFormatter
 from ride_predictor.publisher import OutgoingMessage
+
+# `make test-fast`'s scope and its guard: the hooks live in fast_scope; pytest finds them here.
+from tests.fast_scope import pytest_addoption, pytest_collection_modifyitems, pytest_configure  # noqa: F401
 from training.dataset import generate_rides
 from training.train import LoggedModel, log_model, split_rides, train
 
 DATA_DIR = Path(__file__).parent / "data"
+# What the session's models need to load, from requirements.txt: stated, not inferred (MLflow
+# infers them by loading the model in a subprocess, about 5 s a model).
+MODEL_REQUIREMENTS = [
+    line
+    for line in (DATA_DIR.parent.parent / "requirements.txt").read_text().splitlines()
+    if line.partition("==")[0] in {"scikit-learn", "cloudpickle", "skops"}
+]
 # The features of the tutorial's sample ride (tests/data/sample_ride.json).
 SAMPLE_FEATURES = {"PU_DO": "130_205", "trip_distance": 3.66}
 
@@ -166,6 +176,7 @@ def test_model(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> ModelF
         artifact_location=str(tmp_path_factory.mktemp("artifacts")),
         register_name=REGISTERED_NAME,
         alias="champion",
+        pip_requirements=MODEL_REQUIREMENTS,
     )
     return ModelFixture(logged, trained.pipeline)
 
@@ -173,7 +184,12 @@ def test_model(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> ModelF
 @pytest.fixture(scope="session")
 def skops_model(trained: Any, test_model: ModelFixture) -> ModelFixture:
     """The same pipeline logged in the skops format (MLflow 3's default)."""
-    logged = log_model(trained, experiment="tests", serialization_format="skops")
+    logged = log_model(
+        trained,
+        experiment="tests",
+        serialization_format="skops",
+        pip_requirements=MODEL_REQUIREMENTS,
+    )
     return ModelFixture(logged, trained.pipeline)
 
 
@@ -291,6 +307,7 @@ def second_model(
         trained_v2,
         experiment="tests",
         artifact_location=str(tmp_path_factory.mktemp("artifacts-v2")),
+        pip_requirements=MODEL_REQUIREMENTS,
     )
     return ModelFixture(logged, trained_v2.pipeline)
 

@@ -157,6 +157,7 @@ def test_model_uri_on_s3_is_loaded_through_mlflow(
     assert json.loads(record["Data"]) == test_model.expected_message(123, SAMPLE_FEATURES)
 
 
+@pytest.mark.emulator  # starts its own moto server
 def test_moto_server_stops_without_leaving_a_process(tmp_path: Path) -> None:
     server = MotoServer(tmp_path).start()
     process = server.process

@@ -82,7 +82,10 @@ PREDICTION = {
     "prediction": {"ride_duration": 18, "ride_id": RUN_ID},
 }
 
-pytestmark = pytest.mark.skipif(REAL_GCLOUD is None, reason="needs the gcloud CLI")
+pytestmark = [
+    pytest.mark.gcloud,
+    pytest.mark.skipif(REAL_GCLOUD is None, reason="needs the gcloud CLI"),
+]
 
 
 def _base_env(tmp_path: Path, path_prefix: Path | None = None) -> dict[str, str]:

@@ -45,6 +45,7 @@ PIP_INSTALL_TIMEOUT_SECONDS = 900
 SERVER_START_TIMEOUT_SECONDS = 120
 
 
+@pytest.mark.gcloud
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs the gcloud CLI")
 def test_gcloud_would_upload_only_the_runtime_files(tmp_path: Path) -> None:
     config = tmp_path / "gcloud-config"
@@ -113,6 +114,7 @@ def installed_package(
 
 
 @pytest.mark.emulator
+@pytest.mark.network  # the fresh venv installs requirements.txt from the package index
 def test_the_package_alone_serves_a_prediction(
     installed_package: tuple[Path, Path],
     test_model: ModelFixture,

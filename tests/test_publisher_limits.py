@@ -437,6 +437,7 @@ def test_a_sender_wakes_the_next_call_while_a_slot_is_still_free(
     assert api.max_in_flight[TOPIC] == 2
 
 
+@pytest.mark.slow  # waits out a caller's timeout of seconds
 def test_a_call_woken_to_send_after_its_timeout_wakes_the_next_one(
     api: FakePublisherClient, new_publisher: NewPublisher
 ) -> None:
@@ -461,6 +462,7 @@ def test_a_call_woken_to_send_after_its_timeout_wakes_the_next_one(
     assert api.requests == [[b"slot0-0"], [b"live-0"]]
 
 
+@pytest.mark.slow  # waits out a caller's timeout of seconds
 def test_a_sender_leaves_out_queued_calls_that_timed_out_before_it_took_them(
     api: FakePublisherClient, new_publisher: NewPublisher
 ) -> None:
@@ -626,6 +628,7 @@ def test_a_call_whose_own_rpc_outlives_its_timeout_gets_publish_error(
     assert publisher.publish(TOPIC, batch("next", 1)) == [api.id_of[b"next-0"]]
 
 
+@pytest.mark.slow  # waits out a caller's timeout of seconds
 @pytest.mark.parametrize("slots", SLOTS)
 def test_a_call_that_times_out_while_its_shared_rpc_is_in_flight_gets_publish_error(
     api: FakePublisherClient, new_publisher: NewPublisher, slots: int
@@ -651,6 +654,7 @@ def test_a_call_that_times_out_while_its_shared_rpc_is_in_flight_gets_publish_er
     assert b"rider-0" in api.id_of
 
 
+@pytest.mark.slow  # waits out a caller's timeout of seconds
 def test_a_call_that_waited_in_the_queue_still_returns_within_its_own_timeout(
     api: FakePublisherClient, new_publisher: NewPublisher
 ) -> None:
@@ -681,6 +685,7 @@ def test_max_rpcs_in_flight_must_be_positive() -> None:
         PubSubPublisher(max_rpcs_in_flight=0)
 
 
+@pytest.mark.slow  # waits out a caller's timeout of seconds
 @pytest.mark.parametrize("slots", SLOTS)
 def test_a_call_sharing_an_rpc_keeps_its_own_deadline(
     api: FakePublisherClient, new_publisher: NewPublisher, slots: int

@@ -377,6 +377,7 @@ class Payload:
         self.me = self
 
 
+@pytest.mark.slow  # a dozen swaps under tracemalloc, with full collections: seconds
 def test_swapped_out_models_are_freed_despite_gc_freeze() -> None:
     """Memory does not grow with the number of swaps, though every load is followed by
     ``gc.freeze()``, which hides the old models' reference cycles from the collector."""
@@ -420,6 +421,7 @@ def ride_batch(count: int, seed: int) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.slow  # many threads' requests across many swaps: seconds
 def test_every_ride_of_a_batch_is_predicted_and_labelled_by_one_version_across_swaps(
     recording_publisher: RecordingPublisher,
 ) -> None:

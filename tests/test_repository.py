@@ -133,16 +133,22 @@ def test_pre_commit_config_is_valid() -> None:
     )
 
 
-def test_ci_workflow_runs_make_test_with_the_emulator() -> None:
+def test_ci_workflow_runs_make_test_with_the_emulator_on_311_and_312() -> None:
     workflow = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
     triggers = workflow[True] if True in workflow else workflow["on"]  # YAML 1.1 reads on: as True
     assert {"push", "pull_request"} <= set(triggers)
     (job,) = workflow["jobs"].values()
     assert job["runs-on"] == "ubuntu-latest"
+    assert job["strategy"]["matrix"]["python-version"] == ["3.11", "3.12"]
+    assert job["strategy"]["fail-fast"] is False  # one version's failure hides no other's
     steps = job["steps"]
+    python = next(s for s in steps if s.get("uses", "").startswith("actions/setup-python"))
+    assert python["with"]["python-version"] == "${{ matrix.python-version }}"
     gcloud = next(s for s in steps if s.get("uses", "").startswith("google-github-actions/setup"))
     assert {"beta", "pubsub-emulator"} <= set(gcloud["with"]["install_components"].split(","))
     assert re.fullmatch(r"\d+\.\d+\.\d+", gcloud["with"]["version"]), "pin the gcloud version"
     assert any(s.get("uses", "").startswith("actions/setup-java") for s in steps)
-    assert steps[-1]["run"] == "make test"
+    # make test on the interpreter setup-python installed, not the one make would choose.
+    python_path = "${{ steps." + python["id"] + ".outputs.python-path }}"
+    assert steps[-1]["run"] == f'make test PYTHON="{python_path}"'
     assert (ROOT / ".ci/run").read_text().rstrip().endswith("make test")

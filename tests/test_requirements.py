@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_REQUIREMENTS = REPO_ROOT / "requirements.txt"
 # The python312 runtime runs on Ubuntu 22.04 (glibc 2.35): any manylinux wheel up to 2.35 works.
@@ -42,6 +44,7 @@ def test_runtime_requirements_are_pinned_and_hold_only_what_the_function_needs()
     assert not {"mlflow", "pytest", "ruff", "cloudevents", "gcp-storage-emulator"} & set(pins)
 
 
+@pytest.mark.network
 def test_runtime_requirements_resolve_to_wheels_for_python312_on_cloud_functions(
     tmp_path: Path,
 ) -> None:

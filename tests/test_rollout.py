@@ -28,6 +28,7 @@ MAX_RIDES = 6000
 # Between two rides a stream publishes: ~100 rides/s keeps the function busy without flooding
 # the emulator (pacing the load, not waiting for a condition).
 PUBLISH_INTERVAL_SECONDS = 0.01
+pytestmark = pytest.mark.emulator
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ from devstack.stack import LocalStack, StackConfig, stack_processes
 from tests.conftest import ModelFixture, load_json, ride_features, unique
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Every test runs the stack (some start it themselves, as `make demo` does).
+pytestmark = pytest.mark.emulator
 
 
 @pytest.fixture(scope="module")

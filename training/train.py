@@ -108,10 +108,13 @@ def log_model(
     register_name: str | None = None,
     alias: str | None = None,
     data_source: str = "synthetic",
+    pip_requirements: Sequence[str] | None = None,
 ) -> LoggedModel:
     """Log the pipeline to the current MLflow tracking URI with a signature and an input example.
 
     Registers it as ``register_name`` (and points ``alias`` at the new version) when asked.
+    ``pip_requirements``: what the model needs to load; None lets MLflow infer them, which
+    loads the model in a subprocess (about 5 s).
     """
     import mlflow
     import mlflow.sklearn
@@ -143,6 +146,7 @@ def log_model(
             input_example=example,
             serialization_format=serialization_format,
             registered_model_name=register_name,
+            pip_requirements=None if pip_requirements is None else list(pip_requirements),
         )
     artifact_uri = mlflow.get_logged_model(info.model_id).artifact_location
     registered_version = (
