@@ -947,13 +947,14 @@ cmd_deploy() {
   has_binding service-account "$INVOKER_EMAIL" roles/iam.serviceAccountTokenCreator "$AGENT_MEMBER" ||
     run "make sure the Pub/Sub service agent exists" gcloud beta services identity create --service=pubsub.googleapis.com "${P[@]}"
   grant_phase agent
-  step "The prediction log: BigQuery dataset, table and subscription on $OUTPUT_TOPIC"
   if ((PREDICTION_LOG == 1)); then
+    step "The prediction log's BigQuery dataset and table"
     ensure_prediction_log_table && grant_phase table
-    ensure_prediction_log_subscription && grant_phase log
-  else
-    remove_prediction_log
   fi
+  step "Monitoring: log-based metrics, $( ((ALERTS == 0)) || echo "alert policies, ")the dashboard"
+  ensure_log_metrics
+  if ((ALERTS == 1)); then ensure_channel && ensure_policies; else ok "alert policies left alone (--no-alerts)"; fi
+  ensure_dashboard
   step "Stream A's subscription, then the function"
   # The earlier version of this project was a Cloud Functions function with an Eventarc trigger
   # under this name: `gcloud run deploy` would update that function's own service (which a later
@@ -969,11 +970,10 @@ cmd_deploy() {
   [[ -z $earlier ]] || run "detach $FUNCTION_NAME from Cloud Functions" gcloud functions detach "$FUNCTION_NAME" --region="$REGION" "${P[@]}"
   ensure_service
   grant_phase service
+  # Before Stream A's rides are pushed, so the log misses no prediction; after the build, so the
+  # agent's grant on the table has had minutes to apply.
+  if ((PREDICTION_LOG == 1)); then ensure_prediction_log_subscription && grant_phase log; else remove_prediction_log; fi
   update_push_subscription
-  step "Monitoring: log-based metrics, $( ((ALERTS == 0)) || echo "alert policies, ")the dashboard"
-  ensure_log_metrics
-  if ((ALERTS == 1)); then ensure_channel && ensure_policies; else ok "alert policies left alone (--no-alerts)"; fi
-  ensure_dashboard
   revoke_unplanned
   step "Deployed"
   if [[ -z ${PUSH_LIVE[8]:-} ]]; then

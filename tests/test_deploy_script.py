@@ -52,6 +52,10 @@ PUSH, DLQ, DLQ_SUB = (
     "ride-prediction-dead-letter-sub",
 )
 REPOSITORY = "ride-prediction-images"
+LOG_SUB, LOG_DLQ = "ride-prediction-prediction-log", "ride-prediction-prediction-log-dead-letter"
+TABLE = f"{PROJECT}:ride_prediction.predictions"
+# Every subscription a deployment keeps (verify's are gone).
+SUBSCRIPTIONS = {PUSH, "ride-predictions-sub", DLQ_SUB, LOG_SUB, f"{LOG_DLQ}-sub"}
 URL = f"https://{FUNCTION}-{NUMBER}.{REGION}.run.app"
 RUN_ID = "deploy-verify-test"
 PICKLE_MLMODEL = (
@@ -60,7 +64,7 @@ PICKLE_MLMODEL = (
 SKOPS_MLMODEL = (
     "flavors:\n  sklearn:\n    pickled_model: model.skops\n    serialization_format: skops\n"
 )
-MUTATING = {"create", "enable", "deploy", "update", "delete", "publish", "detach", "cp", "rm"}
+MUTATING = {"create", "enable", "deploy", "update", "delete", "publish", "detach", "cp", "rm", "mk"}
 MUTATING |= {"add-iam-policy-binding", "remove-iam-policy-binding", "set-cleanup-policies"}
 # Every grant of a deployment from a gs:// model (kind, resource, role, member).
 LEAST_PRIVILEGE = {
@@ -74,6 +78,10 @@ LEAST_PRIVILEGE = {
     ("topic", DLQ, "roles/pubsub.publisher", AGENT),
     ("subscription", PUSH, "roles/pubsub.subscriber", AGENT),
     ("service", FUNCTION, "roles/run.invoker", INVOKER),
+    ("project", PROJECT, "roles/monitoring.metricWriter", FN),
+    ("table", TABLE, "roles/bigquery.dataEditor", AGENT),
+    ("topic", LOG_DLQ, "roles/pubsub.publisher", AGENT),
+    ("subscription", LOG_SUB, "roles/pubsub.subscriber", AGENT),
 }
 GOOGLES_OWN = ("project", PROJECT, "roles/pubsub.serviceAgent", AGENT)
 PREDICTION = {
@@ -248,9 +256,10 @@ def brand_new_project() -> dict[str, Any]:
 def _fake_project(tmp_path: Path, socket_path: str, upload_list: Path) -> FakeProject:
     bin_dir = tmp_path / "fake-bin"
     bin_dir.mkdir()
-    client = bin_dir / "gcloud"
-    client.write_text(fake_gcloud.CLIENT_SOURCE.format(python=sys.executable))
-    client.chmod(0o755)
+    for tool in ("gcloud", "bq"):  # the client tells which by its name
+        client = bin_dir / tool
+        client.write_text(fake_gcloud.CLIENT_SOURCE.format(python=sys.executable))
+        client.chmod(0o755)
     fake = FakeProject(tmp_path, tmp_path / "project.json", bin_dir, socket_path, upload_list)
     fake.save(brand_new_project())
     return fake
@@ -337,7 +346,9 @@ def test_a_brand_new_project_is_deployed_least_privilege_and_verified(project: F
     # since the dead-letter policy came only once the verify ride had gone through.
     assert state["refused_pushes"] > 0
     assert state["messages"].get(DLQ_SUB, []) == []
-    dead_letter_policy = next(i for i, c in enumerate(calls) if _flag(c, "dead-letter-topic"))
+    dead_letter_policy = next(
+        i for i, c in enumerate(calls) if _flag(c, "dead-letter-topic") == DLQ
+    )
     published = next(i for i, c in enumerate(calls) if c[:3] == ["pubsub", "topics", "publish"])
     assert published < dead_letter_policy
     assert "(a propagation delay: '[Ss]ervice account [^ ]+ does not exist')" in result.stderr
@@ -367,6 +378,7 @@ def test_a_brand_new_project_is_deployed_least_privilege_and_verified(project: F
         "MODEL_NAME": "ride_duration_prediction_model",
         "THREADS": "32",
         "PUBLISH_MAX_RPCS_IN_FLIGHT": "4",
+        "MESSAGE_LOG_LEVEL": "INFO",
         "SOURCE_SUBSCRIPTION": f"projects/{PROJECT}/subscriptions/{PUSH}",
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",  # the model is a cloudpickle
     }
@@ -390,11 +402,7 @@ def test_a_brand_new_project_is_deployed_least_privilege_and_verified(project: F
     for name in ("ride-predictions-sub", DLQ_SUB):
         assert state["subscriptions"][name]["expirationPolicy"] == {}
     assert state["subscriptions"][DLQ_SUB]["messageRetentionDuration"] == f"{31 * 86400}s"
-    assert set(state["subscriptions"]) == {
-        PUSH,
-        "ride-predictions-sub",
-        DLQ_SUB,
-    }  # verify's are gone
+    assert set(state["subscriptions"]) == SUBSCRIPTIONS  # verify's are gone
     assert state["buckets"][SOURCES]["labels"] == {"managed-by": "deploy-sh"}
     repository = state["repositories"][REPOSITORY]
     assert repository["cleanupPolicies"]["keep-recent"]["mostRecentVersions"] == {"keepCount": 5}
@@ -781,7 +789,7 @@ def test_verify_sees_only_its_own_ride_and_marks_it(deployed: FakeProject) -> No
         assert _flag(create, "message-filter") == f'attributes.deploy_verify = "{RUN_ID}"'
         assert calls.index(create) < calls.index(publish)
     state = deployed.state
-    assert set(state["subscriptions"]) == {PUSH, "ride-predictions-sub", DLQ_SUB}
+    assert set(state["subscriptions"]) == SUBSCRIPTIONS
     # The prediction stays for Stream B's consumers, marked so they can drop it.
     marked = [m["message"]["attributes"] for m in state["messages"]["ride-predictions-sub"]]
     assert {"ride_id": "7"} in marked
@@ -807,7 +815,7 @@ def test_verify_fails_at_once_on_a_dead_letter_and_says_which_kind(
 
     assert result.returncode == 1
     assert message in result.stderr
-    assert set(deployed.state["subscriptions"]) == {PUSH, "ride-predictions-sub", DLQ_SUB}
+    assert set(deployed.state["subscriptions"]) == SUBSCRIPTIONS
 
 
 def test_verify_gives_up_when_no_prediction_arrives(deployed: FakeProject) -> None:
