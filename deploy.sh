@@ -160,46 +160,49 @@ query() {
 
 # --------------------------------------------------------------------------------------- IAM
 
-# iam_command VERB KIND NAME: IAM_COMMAND is gcloud's IAM VERB on that resource. All but Pub/Sub
-# take --condition=None: unattended, gcloud refuses to edit a policy holding conditional bindings
-# without it (googlecloudsdk/command_lib/iam/iam_util.py).
+# iam_command VERB KIND NAME FLAG...: IAM_COMMAND is the IAM VERB on that resource. All but
+# Pub/Sub take --condition=None: unattended, gcloud refuses to edit a policy holding conditional
+# bindings without it (googlecloudsdk/command_lib/iam/iam_util.py). A table is bq's: its flags
+# come before the table, and it prints the policy as JSON (frontend/commands_iam.py).
 iam_command() {
-  local condition=(--condition=None)
-  case $2 in
-    project) IAM_COMMAND=(gcloud projects "$1" "$3") ;;
-    topic | subscription) IAM_COMMAND=(gcloud pubsub "$2s" "$1" "$3" "${P[@]}") && condition=() ;;
-    service-account) IAM_COMMAND=(gcloud iam service-accounts "$1" "$3" "${P[@]}") ;;
-    bucket) IAM_COMMAND=(gcloud storage buckets "$1" "gs://$3" "${P[@]}") ;;
-    repository) IAM_COMMAND=(gcloud artifacts repositories "$1" "$3" --location="$REGION" "${P[@]}") ;;
-    secret) IAM_COMMAND=(gcloud secrets "$1" "$3" "${P[@]}") ;;
-    service) IAM_COMMAND=(gcloud run services "$1" "$3" --region="$REGION" "${P[@]}") ;;
-    table) IAM_COMMAND=(bq "$1" --project_id="$PROJECT" --table "$3") && condition=() ;; # bq prints JSON
+  local verb=$1 kind=$2 name=$3 condition=(--condition=None)
+  shift 3
+  [[ $verb != get-iam-policy ]] || condition=()
+  case $kind in
+    project) IAM_COMMAND=(gcloud projects "$verb" "$name") ;;
+    topic | subscription) IAM_COMMAND=(gcloud pubsub "${kind}s" "$verb" "$name" "${P[@]}") && condition=() ;;
+    service-account) IAM_COMMAND=(gcloud iam service-accounts "$verb" "$name" "${P[@]}") ;;
+    bucket) IAM_COMMAND=(gcloud storage buckets "$verb" "gs://$name" "${P[@]}") ;;
+    repository) IAM_COMMAND=(gcloud artifacts repositories "$verb" "$name" --location="$REGION" "${P[@]}") ;;
+    secret) IAM_COMMAND=(gcloud secrets "$verb" "$name" "${P[@]}") ;;
+    service) IAM_COMMAND=(gcloud run services "$verb" "$name" --region="$REGION" "${P[@]}") ;;
+    table) IAM_COMMAND=(bq "$verb" --project_id="$PROJECT" --table "$@" "$name") && return 0 ;;
   esac
-  [[ $1 == get-iam-policy ]] || IAM_COMMAND+=("${condition[@]}")
+  IAM_COMMAND+=(${condition[@]+"${condition[@]}"} "$@")
 }
 
 has_binding() { # KIND NAME ROLE MEMBER: granted without a condition (a missing resource: no)
-  iam_command get-iam-policy "$1" "$2"
   if [[ $1 == table ]]; then # bq's JSON: a binding with a condition holds a nested object
-    query "${IAM_COMMAND[@]}" --format=json && grep -o '{[^{}]*}' <<<"$QUERY_OUT" | grep -F "\"$3\"" | grep -Fq "\"$4\""
+    iam_command get-iam-policy "$1" "$2" --format=json
+    query "${IAM_COMMAND[@]}" && grep -o '{[^{}]*}' <<<"$QUERY_OUT" | grep -F "\"$3\"" | grep -Fq "\"$4\""
     return
   fi
-  query "${IAM_COMMAND[@]}" --format="value(bindings.filter(\"role=$3 AND members=$4 AND -condition:*\").extract(role).flatten())" &&
-    [[ -n $QUERY_OUT ]]
+  iam_command get-iam-policy "$1" "$2" --format="value(bindings.filter(\"role=$3 AND members=$4 AND -condition:*\").extract(role).flatten())"
+  query "${IAM_COMMAND[@]}" && [[ -n $QUERY_OUT ]]
 }
 
 grant() { # KIND NAME ROLE MEMBER
   has_binding "$@" && ok "$4 has $3 on $1 $2" && return 0
   grep -Fxq "$1"$'\t'"$2"$'\t'"$3"$'\t'"$4" <<<"$LEDGER_BEFORE" && log "    drift: grant $3 on $1 $2 is gone"
-  iam_command add-iam-policy-binding "$1" "$2"
-  run "grant $3 on $1 $2 to $4" "${IAM_COMMAND[@]}" --member="$4" --role="$3"
+  iam_command add-iam-policy-binding "$1" "$2" --member="$4" --role="$3"
+  run "grant $3 on $1 $2 to $4" "${IAM_COMMAND[@]}"
   FRESH_GRANTS=1
 }
 
 revoke() { # KIND NAME ROLE MEMBER
   has_binding "$@" || is_dry_run || return 0
-  iam_command remove-iam-policy-binding "$1" "$2"
-  run "revoke $3 on $1 $2 from $4" "${IAM_COMMAND[@]}" --member="$4" --role="$3"
+  iam_command remove-iam-policy-binding "$1" "$2" --member="$4" --role="$3"
+  run "revoke $3 on $1 $2 from $4" "${IAM_COMMAND[@]}"
 }
 
 # Every grant deploy.sh makes, as PHASE KIND NAME ROLE MEMBER (tab-separated); the phase says when.

@@ -52,6 +52,7 @@ PUSH, DLQ, DLQ_SUB = (
     "ride-prediction-dead-letter-sub",
 )
 REPOSITORY = "ride-prediction-images"
+LOG_METRICS = sorted(path.stem for path in (REPO / "monitoring" / "log-metrics").glob("*.json"))
 LOG_SUB, LOG_DLQ = "ride-prediction-prediction-log", "ride-prediction-prediction-log-dead-letter"
 TABLE = f"{PROJECT}:ride_prediction.predictions"
 # Every subscription a deployment keeps (verify's are gone).
@@ -904,14 +905,17 @@ DRY_RUNS: list[tuple[str, ...]] = [
     ("deploy", *REGISTRY, "--allow-pickle", "--mlflow-tracking-uri", "https://mlflow.example.com",
      "--mlflow-tracking-token-secret", "mlflow-token:3", "--model-refresh-seconds", "60",
      "--env", "LOG_LEVEL=DEBUG", "--billing", "instance", "--min-instances", "1", "--no-cpu-boost",
-     "--build-service-account", "builder", "--timeout", "120", "--dead-letter-retention", "7d"),
+     "--build-service-account", "builder", "--timeout", "120", "--dead-letter-retention", "7d",
+     "--alert-email", "oncall@example.com", "--alert-error-ratio", "0.2"),
     ("deploy", "--model-uri", MODEL_URI, "--no-allow-pickle", "--concurrency", "1", "--cpu", "0.5",
-     "--ingress", "all", "--max-delivery-attempts", "5", "--min-retry-delay", "0"),
+     "--ingress", "all", "--max-delivery-attempts", "5", "--min-retry-delay", "0",
+     "--no-prediction-log", "--no-alerts", "--expected-rate", "0.5"),
     ("deploy", "--model-uri", MODEL_URI, "--mlflow-tracking-username-secret", "user",
-     "--mlflow-tracking-password-secret", "password:latest"),
+     "--mlflow-tracking-password-secret", "password:latest", "--expected-rate", "250"),
     ("verify",),
     ("logs",),
     ("destroy",),
+    ("destroy", "--delete-prediction-log"),
 ]  # fmt: skip
 
 
@@ -928,14 +932,25 @@ def _dry_run(args: Sequence[str], env: dict[str, str]) -> list[str]:
     return result.stdout.splitlines()
 
 
+def _command(line: str) -> tuple[list[str], list[str]]:
+    """A dry-run line as (the render_template words that make its stdin, the command)."""
+    words = shlex.split(line)
+    if "|" not in words:
+        return [], words
+    pipe = words.index("|")
+    return words[:pipe], words[pipe + 1 :]
+
+
 def test_dry_run_runs_nothing_and_shows_the_plan(project: FakeProject) -> None:
     for args in DRY_RUNS:
         lines = _dry_run(args, project.env())
         assert lines, args
-        assert all(shlex.split(line)[0] == "gcloud" for line in lines), lines
+        for render, command in map(_command, lines):
+            assert command[0] in {"gcloud", "bq"}, command
+            assert render[:1] in ([], ["render_template"]), render
     assert project.calls() == []
 
-    plan = [shlex.split(line) for line in _dry_run(DRY_RUNS[0], project.env())]
+    plan = [_command(line)[1] for line in _dry_run(DRY_RUNS[0], project.env())]
     assert not [line for line in plan if line[1] in {"functions", "eventarc"}]
     (deploy,) = [line for line in plan if line[1:3] == ["run", "deploy"]]
     assert _flag(deploy, "function") == "predict_duration"
@@ -951,6 +966,22 @@ def test_dry_run_runs_nothing_and_shows_the_plan(project: FakeProject) -> None:
     wanted += ["min-retry-delay", "dead-letter-topic", "max-delivery-attempts", "expiration-period"]
     for flag in wanted:
         assert f"--{flag}" in flags
+    # The operations: what the issue's "done when" lists, each created once.
+    made = [
+        " ".join(word for word in line if not word.startswith("-"))
+        for line in plan
+        if _verb(line) in {"create", "mk"}
+    ]
+    for resource in (
+        *(f"gcloud logging metrics create {FUNCTION}-{name}" for name in LOG_METRICS),
+        *(["gcloud alpha monitoring policies create"] * 4),
+        "gcloud monitoring dashboards create",
+        f"bq mk {PROJECT}:ride_prediction",
+        f"bq mk {TABLE}",
+        f"gcloud pubsub subscriptions create {LOG_SUB}",
+    ):
+        assert resource in made, resource
+        made.remove(resource)
 
 
 # What gcloud says when it parsed the arguments but has no account to call the API with
@@ -963,50 +994,78 @@ _ARGUMENT_ERROR = re.compile(
     r"unrecognized arguments|argument --?[\w-]+:|Invalid value|Bad syntax|invalid choice"
     r"|must be specified|is required|Usage: gcloud"
 )
+# bq parses its flags (absl) before it asks gcloud for a token: with no account, a command whose
+# flags and command name parse fails only on the token.
+_BQ_NO_CREDENTIALS = re.compile(r"Error\s+retrieving\s+auth\s+credentials\s+from\s+gcloud")
+_BQ_ARGUMENT_ERROR = re.compile(r"FATAL|Flags parsing error|Unknown command|USAGE")
 
 
-def _gcloud_verdict(line: str, env: dict[str, str]) -> tuple[str, int, str]:
+def _verdict(line: str, env: dict[str, str], bq: list[str]) -> tuple[str, int, str]:
+    """Run a dry-run line as the real tools would, offline: its stdin rendered by render.bash,
+    a bq command through bq's own Python entry point (the `bq` wrapper checks credentials first)."""
+    render, command = _command(line)
+    stdin = ""
+    if render:
+        rendered = subprocess.run(
+            ["bash", "-c", 'source monitoring/render.bash && "$@"', "render", *render],
+            capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
+        )  # fmt: skip
+        stdin = rendered.stdout
+    if command[0] == "bq":
+        command = [*bq, *command[1:]]
     result = subprocess.run(
-        shlex.split(line),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
+        command, input=stdin, capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
         check=False,
-    )
-    return line, result.returncode, result.stderr
+    )  # fmt: skip
+    return line, result.returncode, result.stdout + result.stderr  # bq's errors: on stdout
 
 
 def _parser_signature(line: str) -> tuple[Any, ...]:
-    """Lines alike for gcloud's parser: the same command with the same flags (deploys and
-    updates are all kept: their values have validators of their own)."""
-    words = shlex.split(line)
+    """Lines alike for the parsers: the same command with the same flags (deploys and updates
+    are all kept: their values have validators of their own)."""
+    words = _command(line)[1]
     if words[1:3] in (["run", "deploy"], ["run", "services"]) and "update" in words[:4]:
         return (line,)
     positional = [word for word in words if not word.startswith("-")]
     return (*positional[:4], *sorted(word.split("=")[0] for word in words if word.startswith("-")))
 
 
-def test_every_dry_run_command_passes_gclouds_parser(tmp_path: Path) -> None:
+def _problem(line: str, code: int, stderr: str) -> bool:
+    if _command(line)[1][0] == "bq":
+        return bool(_BQ_ARGUMENT_ERROR.search(stderr)) or not _BQ_NO_CREDENTIALS.search(stderr)
+    return (
+        code == 2
+        or bool(_ARGUMENT_ERROR.search(stderr))
+        or (code != 0 and not _NO_CREDENTIALS.search(stderr))
+    )
+
+
+def test_every_dry_run_command_passes_gclouds_and_bqs_parsers(
+    tmp_path: Path, gcloud_sdk: tuple[str, str]
+) -> None:
     env = {**_base_env(tmp_path), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}  # the real gcloud
+    python, sdk_root = gcloud_sdk
+    bq = [python, f"{sdk_root}/platform/bq/bq.py"]
     lines: dict[tuple[Any, ...], str] = {}
     for args in DRY_RUNS:
         for line in _dry_run(args, env):
             lines.setdefault(_parser_signature(line), line)
-    assert len(lines) > 40
+    assert len(lines) > 60
+    assert len([line for line in lines.values() if line.startswith("bq ")]) >= 7
 
     with ThreadPoolExecutor(max_workers=3) as pool:  # gcloud takes about a second to start
-        verdicts = list(pool.map(lambda line: _gcloud_verdict(line, env), lines.values()))
+        verdicts = list(pool.map(lambda line: _verdict(line, env, bq), lines.values()))
 
     problems = [
         f"{line}\n  exit {code}: {stderr.strip()[:400]}"
         for line, code, stderr in verdicts
-        if code == 2
-        or _ARGUMENT_ERROR.search(stderr)
-        or (code != 0 and not _NO_CREDENTIALS.search(stderr))
+        if _problem(line, code, stderr)
     ]
     assert not problems, "\n".join(problems)
-    _, code, stderr = _gcloud_verdict("gcloud pubsub topics create t1234 --no-such-flag", env)
-    assert code == 2  # the check has teeth
-    assert _ARGUMENT_ERROR.search(stderr)
+    for broken in (  # the checks have teeth
+        "gcloud pubsub topics create t1234 --no-such-flag",
+        "bq mk --project_id=p --no_such_flag --dataset p:d",
+        "bq mkk --project_id=p p:d",
+        "bq add-iam-policy-binding --project_id=p --role=roles/x --table p:d.t",  # no --member
+    ):
+        assert _problem(*_verdict(broken, env, bq)), broken
