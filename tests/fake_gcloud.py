@@ -964,7 +964,14 @@ def bq_command(call: Call) -> None:
             else None
         )
         state[collection][key] = {"id": key, "labels": labels, "location": call.flag("location"),
-                                  "schema": {"fields": schema}, "rows": []}  # fmt: skip
+                                  "description": call.flag("description"), "rows": []}  # fmt: skip
+        if is_table:
+            state[collection][key].update(
+                schema={"fields": schema},
+                timePartitioning={"type": call.flag("time_partitioning_type"),
+                                  "field": call.flag("time_partitioning_field")},
+                clustering={"fields": call.flag("clustering_fields", "").split(",")},
+            )  # fmt: skip
         return
     if found is None:
         raise GcloudError(missing, 2)

@@ -550,6 +550,36 @@ DRIFTS: dict[str, tuple[Callable[[dict[str, Any]], None], list[list[str]]]] = {
         lambda s: s["repositories"][REPOSITORY].pop("cleanupPolicies"),
         [["artifacts", "repositories", "set-cleanup-policies", REPOSITORY]],
     ),
+    "alert policy deleted": (
+        lambda s: s["alert_policies"].pop(
+            next(
+                k
+                for k, p in s["alert_policies"].items()
+                if p["userLabels"]["policy"] == "error-rate"
+            )
+        ),
+        [["alpha", "monitoring", "policies", "create"]],
+    ),
+    "dashboard definition changed": (
+        lambda s: s["dashboards"][f"{FUNCTION}-operations"]["labels"].update(definition="old"),
+        [["monitoring", "dashboards", "update", f"{FUNCTION}-operations"]],
+    ),
+    "log-based metric deleted": (
+        lambda s: s["log_metrics"].pop(f"{FUNCTION}-rejected-rides"),
+        [["logging", "metrics", "create", f"{FUNCTION}-rejected-rides"]],
+    ),
+    "table's schema older": (
+        lambda s: s["tables"][TABLE]["labels"].update({"deploy-sh-schema": "old"}),
+        [["bq", "update"]],
+    ),
+    "table grant gone": (
+        _revoke("table", TABLE, "roles/bigquery.dataEditor", AGENT),
+        [["bq", "add-iam-policy-binding"]],
+    ),
+    "prediction log's dead letters off": (
+        lambda s: s["subscriptions"][LOG_SUB].pop("deadLetterPolicy"),
+        [["pubsub", "subscriptions", "update", LOG_SUB]],
+    ),
 }
 
 
@@ -837,6 +867,212 @@ def test_logs_reads_the_services_logs(deployed: FakeProject) -> None:
     assert call[:5] == ["run", "services", "logs", "read", FUNCTION]
 
 
+# ------------------------------------------------------------------------------ operations
+
+
+def _policies(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The alert policies by their ``policy`` label."""
+    policies = {p["userLabels"]["policy"]: p for p in state["alert_policies"].values()}
+    assert len(policies) == len(state["alert_policies"]), "two policies with one label"
+    return policies
+
+
+def _threshold(policy: dict[str, Any]) -> Any:
+    return policy["conditions"][0]["conditionThreshold"]["thresholdValue"]
+
+
+def test_a_brand_new_project_gets_its_metrics_alerts_dashboard_and_prediction_log(
+    deployed_state: dict[str, Any],
+) -> None:
+    state = deployed_state
+    for api in ("monitoring", "telemetry", "bigquery"):
+        assert f"{api}.googleapis.com" in state["apis"]
+    assert set(state["log_metrics"]) == {f"{FUNCTION}-{name}" for name in LOG_METRICS}
+    policies = _policies(state)
+    assert set(policies) == {"dead-letters", "error-rate", "input-backlog-age", "no-predictions"}
+    # The defaults docs/operations.md justifies; no channel without --alert-email.
+    assert _threshold(policies["input-backlog-age"]) == 300
+    assert _threshold(policies["error-rate"]) == 0.05
+    assert policies["no-predictions"]["conditions"][0]["conditionAbsent"]["duration"] == "600s"
+    assert all(p["notificationChannels"] == [] and p["enabled"] for p in policies.values())
+    assert state["channels"] == {}
+    assert list(state["dashboards"]) == [f"{FUNCTION}-operations"]
+    # The table: the generated schema, partitioned by day on publish_time, deploy.sh's labels.
+    table = state["tables"][TABLE]
+    schema = json.loads((REPO / "monitoring" / "prediction-log.bigquery.json").read_text())
+    assert table["schema"]["fields"] == schema
+    assert table["timePartitioning"] == {"type": "DAY", "field": "publish_time"}
+    assert table["labels"]["deploy-sh-function"] == FUNCTION
+    assert state["datasets"][f"{PROJECT}:ride_prediction"]["location"] == REGION
+    log = state["subscriptions"][LOG_SUB]
+    assert log["topic"] == f"projects/{PROJECT}/topics/ride-predictions"
+    assert log["filter"] == "NOT attributes:deploy_verify"
+    assert log["bigqueryConfig"] == {
+        "table": TABLE,
+        "useTableSchema": True,
+        "writeMetadata": True,
+        "dropUnknownFields": True,
+    }
+    assert log["deadLetterPolicy"] == {
+        "deadLetterTopic": f"projects/{PROJECT}/topics/{LOG_DLQ}",
+        "maxDeliveryAttempts": 5,
+    }
+    assert log["expirationPolicy"] == {}
+    assert table["rows"] == []  # verify's ride went through, and stayed out of the log
+
+
+def test_the_prediction_log_keeps_each_prediction_with_its_ride_id(deployed: FakeProject) -> None:
+    ride = {"ride": {"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1.0}, "ride_id": 7}
+    deployed.change(
+        lambda s: fake_gcloud.publish(s, "taxi-ride-streaming", json.dumps(ride).encode(), {})
+    )
+
+    (row,) = deployed.state["tables"][TABLE]["rows"]
+
+    assert row["prediction"]["ride_duration"] == 18
+    assert row["attributes"]["ride_id"] == "7"  # the column comes from the attribute
+
+
+def test_alerts_are_updated_in_place_and_never_duplicated(deployed: FakeProject) -> None:
+    names = {stem: p["name"] for stem, p in _policies(deployed.state).items()}
+
+    deployed.deploy("--alert-email", "oncall@example.com", "--no-verify")
+
+    (channel,) = deployed.state["channels"].values()
+    assert channel["labels"] == {"email_address": "oncall@example.com"}
+    policies = _policies(deployed.state)
+    assert {stem: p["name"] for stem, p in policies.items()} == names
+    assert all(p["notificationChannels"] == [channel["name"]] for p in policies.values())
+    assert [_words(c)[:4] for c in deployed.changes()] == [
+        ["beta", "monitoring", "channels", "create"],
+        *[["alpha", "monitoring", "policies", "update"]] * 4,
+    ]
+    deployed.deploy("--alert-email", "oncall@example.com", "--no-verify")
+    assert deployed.changes() == []
+
+    # Another address and threshold: the channel and that policy change in place, and the
+    # dashboard, which draws the threshold.
+    deployed.deploy(
+        "--alert-email", "team@example.com", "--alert-backlog-age-seconds", "900", "--no-verify"
+    )
+
+    (same,) = deployed.state["channels"].values()
+    assert (same["name"], same["labels"]["email_address"]) == (channel["name"], "team@example.com")
+    policies = _policies(deployed.state)
+    assert _threshold(policies["input-backlog-age"]) == 900
+    assert {stem: p["name"] for stem, p in policies.items()} == names
+    assert sorted(" ".join(_words(c)) for c in deployed.changes()) == [
+        f"alpha monitoring policies update {names['input-backlog-age']}",
+        f"beta monitoring channels update {channel['name']}",
+        f"monitoring dashboards update {FUNCTION}-operations",
+    ]
+
+    # Without --alert-email the channel goes; the policies stay, naming no channel.
+    deployed.deploy("--alert-backlog-age-seconds", "900", "--no-verify")
+    assert deployed.state["channels"] == {}
+    assert all(p["notificationChannels"] == [] for p in _policies(deployed.state).values())
+    assert len(deployed.state["alert_policies"]) == 4
+
+
+def test_a_channel_you_added_to_a_policy_stays(deployed: FakeProject) -> None:
+    yours = f"projects/{PROJECT}/notificationChannels/9999"
+
+    def add_yours(state: dict[str, Any]) -> None:
+        state["channels"]["9999"] = {"name": yours, "type": "slack", "userLabels": {}}
+        for policy in state["alert_policies"].values():
+            policy["notificationChannels"] = [yours]
+
+    deployed.change(add_yours)
+
+    deployed.deploy(
+        "--alert-email", "oncall@example.com", "--alert-error-ratio", "0.1", "--no-verify"
+    )
+
+    ours = next(c["name"] for c in deployed.state["channels"].values() if c["name"] != yours)
+    for policy in _policies(deployed.state).values():
+        assert sorted(policy["notificationChannels"]) == sorted([yours, ours])
+    assert _threshold(_policies(deployed.state)["error-rate"]) == 0.1
+
+
+def test_without_the_alpha_component_nothing_changes_and_the_fix_is_said(
+    project: FakeProject,
+) -> None:
+    project.change(lambda s: s["components"].pop("alpha"))
+
+    result = project.run("deploy", "--model-uri", MODEL_URI)
+
+    assert result.returncode == 1
+    assert "gcloud components install alpha" in result.stderr
+    assert "--no-alerts" in result.stderr
+    assert [c[0] for c in project.calls()] == ["info"]  # only the look at the components
+
+    # --no-alerts deploys everything else, and leaves alert policies alone.
+    project.deploy("--no-alerts")
+    assert project.state["alert_policies"] == project.state["channels"] == {}
+    assert project.state["log_metrics"]
+    assert project.state["dashboards"]
+
+
+def test_without_beta_the_channels_use_alpha(deployed: FakeProject) -> None:
+    deployed.change(lambda s: s["components"].pop("beta"))
+
+    result = deployed.run("deploy", "--model-uri", MODEL_URI, "--alert-email", "a@example.com")
+
+    assert result.returncode == 1  # beta also makes the Pub/Sub service agent
+    assert "gcloud components install beta" in result.stderr
+    assert deployed.changes() == []
+
+
+def test_no_prediction_log_stops_writing_it_and_keeps_its_history(deployed: FakeProject) -> None:
+    deployed.change(lambda s: s["tables"][TABLE]["rows"].append({"version": "v1"}))
+
+    deployed.deploy("--no-prediction-log", "--no-verify")
+
+    state = deployed.state
+    assert set(state["subscriptions"]) == SUBSCRIPTIONS - {LOG_SUB, f"{LOG_DLQ}-sub"}
+    assert LOG_DLQ not in state["topics"]
+    assert state["tables"][TABLE]["rows"] == [{"version": "v1"}]
+    assert not [b for b in _ours(state) if b[0] == "table" or LOG_DLQ in b[1]]
+    # On again: everything is back, the history with it.
+    deployed.deploy("--no-verify")
+    assert set(deployed.state["subscriptions"]) == SUBSCRIPTIONS
+    assert _ours(deployed.state) == LEAST_PRIVILEGE | {GOOGLES_OWN}
+
+
+@pytest.mark.parametrize(
+    ("args", "throttled", "min_instances", "message_log_level"),
+    [
+        ((), True, "0", "INFO"),
+        (("--expected-rate", "9.9"), True, "0", "INFO"),
+        (("--expected-rate", "10"), False, "1", "DEBUG"),
+        (("--expected-rate", "250", "--billing", "request"), True, "0", "DEBUG"),
+        (("--expected-rate", "0.5", "--billing", "instance", "--min-instances", "0"), False, "0",
+         "INFO"),
+        (("--billing", "instance"), False, "1", "INFO"),
+        (("--expected-rate", "50", "--message-log-level", "info"), False, "1", "INFO"),
+    ],
+)  # fmt: skip
+def test_the_stated_rate_picks_billing_min_instances_and_the_message_log_level(
+    project: FakeProject,
+    args: tuple[str, ...],
+    throttled: bool,
+    min_instances: str,
+    message_log_level: str,
+) -> None:
+    result = project.run("deploy", "--dry-run", "--model-uri", MODEL_URI, *args)
+
+    assert result.returncode == 0, result.stderr
+    (deploy,) = [_command(line)[1] for line in result.stdout.splitlines() if " run deploy " in line]
+    assert ("--cpu-throttling" in deploy, "--no-cpu-throttling" in deploy) == (
+        throttled,
+        not throttled,
+    )
+    assert _flag(deploy, "min-instances") == min_instances
+    env = _env_vars(deploy)
+    assert env["MESSAGE_LOG_LEVEL"] == message_log_level
+    assert env["PUBLISH_MAX_RPCS_IN_FLIGHT"] == "4"  # in both modes (docs/cost.md)
+
+
 # ------------------------------------------------------------------------------ moving, destroying
 
 
@@ -870,11 +1106,18 @@ def test_destroy_with_only_project_region_and_yes_removes_everything(deployed: F
         "deploy", *REGISTRY, "--allow-pickle", "--mlflow-tracking-token-secret", "mlflow-token"
     )
 
+    deployed.change(lambda s: s["tables"][TABLE]["rows"].append({"version": "v1"}))
+
     result = deployed.run("destroy", "--yes")
 
     assert result.returncode == 0, result.stderr
     state = deployed.state
     assert state["services"] == {}
+    for collection in ("log_metrics", "alert_policies", "channels", "dashboards"):
+        assert state[collection] == {}, collection
+    # The prediction history stays (and says so), without the agent's grant on it.
+    assert state["tables"][TABLE]["rows"] == [{"version": "v1"}]
+    assert f"kept: dataset {PROJECT}:ride_prediction" in result.stderr
     assert list(state["topics"]) == ["taxi-ride-streaming"]  # made by the tutorial, not deploy.sh
     assert state["subscriptions"] == state["repositories"] == state["service_accounts"] == {}
     assert SOURCES not in state["buckets"]
@@ -886,6 +1129,16 @@ def test_destroy_with_only_project_region_and_yes_removes_everything(deployed: F
         for m in b["members"]
         if m.startswith("deleted:")
     ]
+
+
+def test_destroy_deletes_the_prediction_history_only_when_asked(deployed: FakeProject) -> None:
+    deployed.change(lambda s: s["datasets"].update(other={"id": "other", "labels": {}}))
+
+    result = deployed.run("destroy", "--yes", "--delete-prediction-log")
+
+    assert result.returncode == 0, result.stderr
+    assert list(deployed.state["datasets"]) == ["other"]  # not deploy.sh's: kept
+    assert deployed.state["tables"] == {}
 
 
 def test_destroy_without_yes_off_a_terminal_refuses_and_reads_nothing(
@@ -1069,3 +1322,43 @@ def test_every_dry_run_command_passes_gclouds_and_bqs_parsers(
         "bq add-iam-policy-binding --project_id=p --role=roles/x --table p:d.t",  # no --member
     ):
         assert _problem(*_verdict(broken, env, bq)), broken
+
+
+def test_every_change_of_a_redeploy_and_a_destroy_passes_the_parsers(
+    deployed: FakeProject, tmp_path: Path, gcloud_sdk: tuple[str, str]
+) -> None:
+    """The updates, revokes and deletes a dry run (which plans for an empty project) never
+    prints, as deploy.sh ran them against the fake, through the real parsers."""
+
+    def older(state: dict[str, Any]) -> None:  # each is then updated
+        state["tables"][TABLE]["labels"]["deploy-sh-schema"] = "old"
+        state["dashboards"][f"{FUNCTION}-operations"]["labels"]["definition"] = "old"
+        state["log_metrics"][f"{FUNCTION}-model-swaps"]["description"] = "old"
+        state["subscriptions"][LOG_SUB].pop("deadLetterPolicy")
+
+    deployed.change(older)
+    lines: dict[tuple[Any, ...], str] = {}
+    for args in (
+        ("deploy", "--model-uri", MODEL_URI, "--alert-email", "a@example.com", "--no-verify"),
+        ("deploy", "--model-uri", MODEL_URI, "--no-verify", "--memory", "2Gi"),
+        ("deploy", "--model-uri", MODEL_URI, "--no-verify", "--no-prediction-log"),
+        ("destroy", "--yes", "--delete-prediction-log"),
+    ):
+        result = deployed.run(*args)
+        assert result.returncode == 0, result.stderr
+        for call in deployed.changes():
+            line = shlex.join(call if call[0] == "bq" else ["gcloud", *call])
+            lines.setdefault(_parser_signature(line), line)
+    verbs = {_verb(shlex.split(line)) for line in lines.values()}
+    assert {"update", "delete", "remove-iam-policy-binding", "rm"} <= verbs
+    for command in ("logging metrics update", "subscriptions update", "bq update"):
+        assert [line for line in lines.values() if command in line], command
+    env = {**_base_env(tmp_path), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
+    bq = [gcloud_sdk[0], f"{gcloud_sdk[1]}/platform/bq/bq.py"]
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        verdicts = list(pool.map(lambda line: _verdict(line, env, bq), lines.values()))
+
+    problems = [f"{line}\n  exit {code}: {out.strip()[:400]}" for line, code, out in verdicts
+                if _problem(line, code, out)]  # fmt: skip
+    assert not problems, "\n".join(problems)
