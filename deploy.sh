@@ -458,7 +458,7 @@ PREDICTION_LOG_SUBSCRIPTION="$FUNCTION_NAME-prediction-log" PREDICTION_LOG_FILTE
 PREDICTION_LOG_DEAD_LETTER="$FUNCTION_NAME-prediction-log-dead-letter"
 PREDICTION_LOG_TABLE="$PROJECT:$PREDICTION_LOG_DATASET.predictions"
 OURS_FILTER="userLabels.managed_by=\"ride-prediction-deploy\" AND userLabels.service=\"$FUNCTION_NAME\"" # monitoring/'s labels
-POLICIES=(gcloud alpha monitoring policies) CHANNELS=(gcloud beta monitoring channels) # check_components
+POLICIES=(gcloud alpha monitoring policies) CHANNELS=(gcloud beta monitoring channels) BETA=beta # check_components
 
 WORK_DIR=$(mktemp -d)
 VERIFY_SUBSCRIPTIONS=() LEDGER="" LEDGER_BEFORE="" FRESH_GRANTS=0
@@ -729,20 +729,24 @@ update_push_subscription() {
 
 # ---------------------------------------------------------------------------------- operations
 
-# gcloud 528 has `monitoring policies` in its alpha track only and `monitoring channels` in alpha
-# and beta (surface/monitoring/policies/__init__.py, channels/__init__.py); `beta services identity`
-# needs beta; bq is a component of its own. `gcloud info` reads what is installed without calling
-# an API, so a missing one stops the run before any change (gcloud itself would offer to install it,
-# which unattended it refuses). A dry run plans as if all were there.
+# gcloud 528 has `monitoring policies` in its alpha track only, `monitoring channels` and
+# `services identity` in alpha and beta (surface/monitoring/policies/__init__.py, channels/
+# __init__.py, surface/services/identity/__init__.py); bq is a component of its own. `gcloud info`
+# reads what is installed without calling an API, so a missing one stops the run before any
+# change (gcloud itself would offer to install it, which unattended it refuses). A dry run plans as
+# if all were there.
 check_components() {
   local alpha beta bq missing=()
   query gcloud info --format='value[separator="|"](installation.components.alpha,installation.components.beta,installation.components.bq)' || return 0
   IFS='|' read -r alpha beta bq <<<"$QUERY_OUT"
-  [[ -n $beta ]] || CHANNELS=(gcloud alpha monitoring channels) missing+=(beta)
+  if [[ -z $beta ]]; then # alpha has what deploy.sh takes from beta
+    [[ -n $alpha ]] || missing+=(beta)
+    BETA=alpha CHANNELS=(gcloud alpha monitoring channels)
+  fi
   ((ALERTS == 0)) || [[ -n $alpha ]] || missing+=(alpha)
   ((PREDICTION_LOG == 0)) || [[ -n $bq ]] || missing+=(bq)
-  ((${#missing[@]} == 0)) || die "this gcloud lacks its ${missing[*]} component(s), which deploy.sh uses (beta: the Pub/Sub
-  service agent; alpha: alert policies; bq: the prediction log). Nothing was changed. Install them with
+  ((${#missing[@]} == 0)) || die "this gcloud lacks its ${missing[*]} component(s), which deploy.sh uses (beta or alpha: the
+  Pub/Sub service agent; alpha: alert policies; bq: the prediction log). Nothing was changed. Install them with
     gcloud components install ${missing[*]}
   (a gcloud installed with apt or yum: its google-cloud-cli package holds all three; Cloud Shell has them),
   or leave those parts out: --no-alerts, --no-prediction-log"
@@ -948,7 +952,7 @@ cmd_deploy() {
   grant_phase runtime && grant_phase build
   # A new project's Pub/Sub service agent may not exist yet: this creates or returns it.
   has_binding service-account "$INVOKER_EMAIL" roles/iam.serviceAccountTokenCreator "$AGENT_MEMBER" ||
-    run "make sure the Pub/Sub service agent exists" gcloud beta services identity create --service=pubsub.googleapis.com "${P[@]}"
+    run "make sure the Pub/Sub service agent exists" gcloud "$BETA" services identity create --service=pubsub.googleapis.com "${P[@]}"
   grant_phase agent
   if ((PREDICTION_LOG == 1)); then
     step "The prediction log's BigQuery dataset and table"

@@ -1014,6 +1014,7 @@ COMMANDS: dict[tuple[str, ...], Callable[[Call], None]] = {
         a for a in call.words[2:] if a not in call.state["apis"]
     ),
     ("beta", "services", "identity", "create"): services_identity_create,
+    ("alpha", "services", "identity", "create"): services_identity_create,
     ("projects",): project_command,
     ("storage",): storage_objects,
     ("run", "deploy"): run_deploy,

@@ -666,6 +666,13 @@ def test_a_build_refused_without_fresh_grants_stops_at_once(deployed: FakeProjec
             "not both",
         ),
         (("--env", "THREADS=4"), "set by deploy.sh"),
+        (("--env", "MESSAGE_LOG_LEVEL=DEBUG"), "set by deploy.sh"),
+        (("--expected-rate", "fast"), "expected rate 'fast' is not valid"),
+        (("--message-log-level", "TRACE"), "message log level 'TRACE' is not valid"),
+        (("--alert-email", 'me"@example.com'), "alert email"),
+        (("--alert-error-ratio", "1.5"), "--alert-error-ratio '1.5' is not valid"),
+        (("--alert-no-predictions-seconds", "90"), "whole minutes from 120"),
+        (("--prediction-log-dataset", "my-log"), "--prediction-log-dataset 'my-log'"),
     ],
 )
 def test_bad_inputs_are_refused_before_any_call(
@@ -1013,14 +1020,18 @@ def test_without_the_alpha_component_nothing_changes_and_the_fix_is_said(
     assert project.state["dashboards"]
 
 
-def test_without_beta_the_channels_use_alpha(deployed: FakeProject) -> None:
-    deployed.change(lambda s: s["components"].pop("beta"))
+def test_without_beta_alpha_does_its_part(project: FakeProject) -> None:
+    project.change(lambda s: s["components"].pop("beta"))
 
-    result = deployed.run("deploy", "--model-uri", MODEL_URI, "--alert-email", "a@example.com")
+    project.deploy("--alert-email", "oncall@example.com")
 
-    assert result.returncode == 1  # beta also makes the Pub/Sub service agent
+    tracks = {c[0] for c in project.calls() if c[0] in {"alpha", "beta"}}
+    assert tracks == {"alpha"}
+    assert len(project.state["channels"]) == 1
+    project.change(lambda s: s["components"].pop("alpha"))
+    result = project.run("deploy", "--model-uri", MODEL_URI, "--no-alerts")
+    assert result.returncode == 1  # the Pub/Sub service agent needs one of them
     assert "gcloud components install beta" in result.stderr
-    assert deployed.changes() == []
 
 
 def test_no_prediction_log_stops_writing_it_and_keeps_its_history(deployed: FakeProject) -> None:
