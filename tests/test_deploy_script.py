@@ -125,6 +125,27 @@ def gcloud_sdk(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return python, sdk_root
 
 
+@pytest.fixture(scope="session")
+def parsers(tmp_path_factory: pytest.TempPathFactory, gcloud_sdk: tuple[str, str]) -> list[str]:
+    """bq's own entry point, once the real gcloud has every component deploy.sh calls (CI
+    installs them: .github/workflows/ci.yml); without one, the parser checks are skipped."""
+    info = subprocess.run(
+        [str(REAL_GCLOUD), "info", "--format=json(installation.components)"],
+        capture_output=True,
+        text=True,
+        env=_base_env(tmp_path_factory.mktemp("gcloud-components")),
+        timeout=60,
+        check=True,
+    )
+    missing = {"alpha", "beta", "bq"} - set(json.loads(info.stdout)["installation"]["components"])
+    if missing:
+        pytest.skip(
+            f"gcloud lacks {sorted(missing)}: gcloud components install {' '.join(missing)}"
+        )
+    python, sdk_root = gcloud_sdk
+    return [python, f"{sdk_root}/platform/bq/bq.py"]
+
+
 def _answers(socket_path: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX) as connection:
@@ -1310,11 +1331,10 @@ def _problem(line: str, code: int, stderr: str) -> bool:
 
 
 def test_every_dry_run_command_passes_gclouds_and_bqs_parsers(
-    tmp_path: Path, gcloud_sdk: tuple[str, str]
+    tmp_path: Path, parsers: list[str]
 ) -> None:
     env = {**_base_env(tmp_path), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}  # the real gcloud
-    python, sdk_root = gcloud_sdk
-    bq = [python, f"{sdk_root}/platform/bq/bq.py"]
+    bq = parsers
     lines: dict[tuple[Any, ...], str] = {}
     for args in DRY_RUNS:
         for line in _dry_run(args, env):
@@ -1341,7 +1361,7 @@ def test_every_dry_run_command_passes_gclouds_and_bqs_parsers(
 
 
 def test_every_change_of_a_redeploy_and_a_destroy_passes_the_parsers(
-    deployed: FakeProject, tmp_path: Path, gcloud_sdk: tuple[str, str]
+    deployed: FakeProject, tmp_path: Path, parsers: list[str]
 ) -> None:
     """The updates, revokes and deletes a dry run (which plans for an empty project) never
     prints, as deploy.sh ran them against the fake, through the real parsers."""
@@ -1371,7 +1391,7 @@ def test_every_change_of_a_redeploy_and_a_destroy_passes_the_parsers(
     for command in ("logging metrics update", "subscriptions update", "bq update"):
         assert [line for line in lines.values() if command in line], command
     env = {**_base_env(tmp_path), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
-    bq = [gcloud_sdk[0], f"{gcloud_sdk[1]}/platform/bq/bq.py"]
+    bq = parsers
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         verdicts = list(pool.map(lambda line: _verdict(line, env, bq), lines.values()))

@@ -141,7 +141,9 @@ def test_ci_workflow_runs_make_test_with_the_emulator() -> None:
     assert job["runs-on"] == "ubuntu-latest"
     steps = job["steps"]
     gcloud = next(s for s in steps if s.get("uses", "").startswith("google-github-actions/setup"))
-    assert {"beta", "pubsub-emulator"} <= set(gcloud["with"]["install_components"].split(","))
+    # The emulator, and what the parser checks of deploy.sh's commands call (alpha: alert policies).
+    components = set(gcloud["with"]["install_components"].split(","))
+    assert {"alpha", "beta", "bq", "pubsub-emulator"} <= components
     assert re.fullmatch(r"\d+\.\d+\.\d+", gcloud["with"]["version"]), "pin the gcloud version"
     assert any(s.get("uses", "").startswith("actions/setup-java") for s in steps)
     assert steps[-1]["run"] == "make test"
