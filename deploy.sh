@@ -23,6 +23,7 @@ DEFAULT_CONCURRENCY=32
 declare -A MIN_INSTANCES_FOR_BILLING=([request]=0 [instance]=1)
 declare -A PUBLISH_RPCS_FOR_BILLING=([request]=4 [instance]=4) # the function's PUBLISH_MAX_RPCS_IN_FLIGHT
 declare -A MESSAGE_LOG_FOR_RATE=([below]=INFO [steady]=DEBUG)   # MESSAGE_LOG_LEVEL; rejections log at ERROR
+declare -A REQUEST_LOG_FOR_RATE=([below]=keep [steady]=exclude) # Cloud Run's request log entry per push
 # The alerts' thresholds (docs/operations.md, "Alerts", says why these).
 DEFAULT_BACKLOG_AGE_SECONDS=300 DEFAULT_ERROR_RATIO=0.05 DEFAULT_NO_PREDICTIONS_SECONDS=600
 
@@ -77,6 +78,7 @@ Options (flags only; defaults in brackets):
   --billing request|instance    [instance from $STEADY_RATE msg/s, else $DEFAULT_BILLING]  --max-instances N [10]
   --min-instances N [${MIN_INSTANCES_FOR_BILLING[instance]} instance-based, ${MIN_INSTANCES_FOR_BILLING[request]} request-based]
   --message-log-level L         [DEBUG (the line off) from $STEADY_RATE msg/s, else INFO]
+  --request-log keep|exclude    Cloud Run's request log of this service [exclude from $STEADY_RATE msg/s]
 Operations (docs/operations.md):
   --alert-email ADDRESS         the alerts' email channel [none: the alerts show in the console]
   --alert-backlog-age-seconds N [$DEFAULT_BACKLOG_AGE_SECONDS]  --alert-error-ratio R [$DEFAULT_ERROR_RATIO]
@@ -282,7 +284,7 @@ VALUE_FLAGS=" --project --region --function-name --model-uri --model-bucket --mo
   --build-service-account --docker-repository --base-image --cpu --memory --concurrency --timeout
   --min-instances --max-instances --billing --ingress --verify-timeout --log-limit --expected-rate
   --message-log-level --alert-email --alert-backlog-age-seconds --alert-error-ratio
-  --alert-no-predictions-seconds --prediction-log-dataset "
+  --alert-no-predictions-seconds --prediction-log-dataset --request-log "
 variable_of() {
   local name=${1#--}
   [[ $name != *-secret ]] || name=${name#mlflow-tracking-}
@@ -378,6 +380,8 @@ RATE_CLASS=below
 [[ -n ${BILLING:-} ]] || BILLING=$([[ $RATE_CLASS == steady ]] && echo instance || echo "$DEFAULT_BILLING")
 [[ $BILLING =~ ^(request|instance)$ ]] || die "--billing must be request or instance"
 : "${MIN_INSTANCES:=${MIN_INSTANCES_FOR_BILLING[$BILLING]}}" "${MESSAGE_LOG_LEVEL:=${MESSAGE_LOG_FOR_RATE[$RATE_CLASS]}}"
+: "${REQUEST_LOG:=${REQUEST_LOG_FOR_RATE[$RATE_CLASS]}}"
+[[ $REQUEST_LOG =~ ^(keep|exclude)$ ]] || die "--request-log must be keep or exclude"
 MESSAGE_LOG_LEVEL=${MESSAGE_LOG_LEVEL^^}
 check "message log level" "$MESSAGE_LOG_LEVEL" '^(DEBUG|INFO|WARNING|ERROR)$' "DEBUG, INFO, WARNING or ERROR"
 # The alerts: an address render.bash takes (no quote, backslash or space); a metric-absence
@@ -906,6 +910,27 @@ ensure_prediction_log_subscription() {
   fi
 }
 
+# Cloud Run writes a request log entry per push (about 1.2 kB): from 10 msg/s the largest item of
+# the bill (docs/cost.md). An exclusion on the project's _Default sink, for this service's request
+# log only, keeps it from being stored or billed (flags: gcloud's surface/logging/sinks/update.py;
+# https://cloud.google.com/logging/docs/routing/overview#exclusions). Request counts and latencies
+# stay in Cloud Run's metrics.
+ensure_request_log() {
+  local name="$FUNCTION_NAME-request-log" has=0
+  local filter="resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"$FUNCTION_NAME\" AND log_id(\"run.googleapis.com/requests\")"
+  query gcloud logging sinks describe _Default "${P[@]}" --format='value(exclusions[].name)' || is_dry_run ||
+    { log "    note: no _Default log sink: Cloud Run's request log goes where your sinks send it" && return 0; }
+  [[ ";$QUERY_OUT;" != *";$name;"* ]] || has=1
+  if [[ $REQUEST_LOG == exclude ]] && ((has == 0)); then
+    run "exclude $FUNCTION_NAME's request log from the _Default sink" gcloud logging sinks update _Default \
+      "--add-exclusion=name=$name,filter=$filter,description=deploy.sh: the request log of $FUNCTION_NAME" "${P[@]}"
+  elif [[ $REQUEST_LOG == keep ]] && ((has == 1)); then
+    run "keep $FUNCTION_NAME's request log again" gcloud logging sinks update _Default --remove-exclusions="$name" "${P[@]}"
+  else
+    ok "$FUNCTION_NAME's request log: $REQUEST_LOG"
+  fi
+}
+
 # --no-prediction-log: the subscription and its dead letters go; the dataset and its history stay.
 remove_prediction_log() {
   local name
@@ -927,7 +952,7 @@ cmd_deploy() {
   (whoever can register a model version can then run code in the function), --no-allow-pickle for skops"
   log "Deploying $FUNCTION_NAME to $PROJECT ($REGION): $INPUT_TOPIC -> $PUSH_SUBSCRIPTION -> function -> $OUTPUT_TOPIC"
   log "  model $MODEL_URI; $CPU vCPU, $MEMORY, $CONCURRENCY requests per instance, $MIN_INSTANCES-$MAX_INSTANCES instances, $BILLING billing,"
-  log "  MESSAGE_LOG_LEVEL $MESSAGE_LOG_LEVEL${EXPECTED_RATE:+ (for $EXPECTED_RATE messages a second)}"
+  log "  MESSAGE_LOG_LEVEL $MESSAGE_LOG_LEVEL, request log: $REQUEST_LOG${EXPECTED_RATE:+ (for $EXPECTED_RATE messages a second)}"
   check_components
   step "APIs, the sources bucket, the grant ledger"
   ensure_apis_and_project
@@ -959,7 +984,7 @@ cmd_deploy() {
     ensure_prediction_log_table && grant_phase table
   fi
   step "Monitoring: log-based metrics, $( ((ALERTS == 0)) || echo "alert policies, ")the dashboard"
-  ensure_log_metrics
+  ensure_log_metrics && ensure_request_log
   if ((ALERTS == 1)); then ensure_channel && ensure_policies; else ok "alert policies left alone (--no-alerts)"; fi
   ensure_dashboard
   step "Stream A's subscription, then the function"
@@ -1122,6 +1147,7 @@ destroy_operations() {
     [[ $QUERY_OUT == ride-prediction-deploy ]]; } || is_dry_run; then
     run "delete dashboard $FUNCTION_NAME-operations" gcloud monitoring dashboards delete "$FUNCTION_NAME-operations" --quiet "${P[@]}"
   fi
+  REQUEST_LOG=keep && ensure_request_log
   for file in monitoring/log-metrics/*.json; do
     name="$FUNCTION_NAME-$(basename "$file" .json)"
     if { query gcloud logging metrics describe "$name" "${P[@]}" --format='value(description)' &&

@@ -137,6 +137,7 @@ def new_project(project: str, number: str, region: str) -> Json:
         "next_id": 1,
         "refused_pushes": 0,
         "components": dict(COMPONENTS),
+        "sinks": {"_Default": {"name": "_Default", "exclusions": []}},  # every project has it
     }
 
 
@@ -927,6 +928,28 @@ def logging_metrics(call: Call) -> None:
     state["log_metrics"][name] = {**_as_dict(metric), "updateTime": str(state["clock"])}
 
 
+def logging_sinks(call: Call) -> None:
+    """``gcloud logging sinks describe|update SINK``: its exclusions (``--add-exclusion`` is an
+    ArgDict: KEY=VALUE pairs split on commas, surface/logging/sinks/update.py)."""
+    if call.flag("project") != call.state["project"]:
+        raise GcloudError("PERMISSION_DENIED: not the fake's project")
+    sink = call.state["sinks"].get(call.words[3])
+    if sink is None:
+        raise GcloudError(f"NOT_FOUND: Sink {call.words[3]} does not exist")
+    if call.words[2] == "describe":
+        call.print([sink])
+        return
+    for name in (call.flag("remove-exclusions") or "").split(","):
+        if name and name not in [e["name"] for e in sink["exclusions"]]:
+            raise GcloudError(
+                f"Invalid value for [--remove-exclusions]: Exclusions {name} do not exist"
+            )
+        sink["exclusions"] = [e for e in sink["exclusions"] if e["name"] != name]
+    if call.flag("add-exclusion"):
+        pairs = (pair.partition("=") for pair in call.flag("add-exclusion").split(","))
+        sink["exclusions"].append({key: value for key, _, value in pairs})
+
+
 def gcloud_info(call: Call) -> None:
     """``gcloud info``: the installed components."""
     call.print([{"installation": {"components": call.state["components"]}}])
@@ -1020,6 +1043,7 @@ COMMANDS: dict[tuple[str, ...], Callable[[Call], None]] = {
     ("run", "deploy"): run_deploy,
     ("info",): gcloud_info,
     ("logging", "metrics"): logging_metrics,
+    ("logging", "sinks"): logging_sinks,
     ("bq",): bq_command,
     **{
         (*track, "monitoring", noun): monitoring_command

@@ -925,6 +925,7 @@ def test_a_brand_new_project_gets_its_metrics_alerts_dashboard_and_prediction_lo
     assert all(p["notificationChannels"] == [] and p["enabled"] for p in policies.values())
     assert state["channels"] == {}
     assert list(state["dashboards"]) == [f"{FUNCTION}-operations"]
+    assert state["sinks"]["_Default"]["exclusions"] == []  # no rate stated: the request log kept
     # The table: the generated schema, partitioned by day on publish_time, deploy.sh's labels.
     table = state["tables"][TABLE]
     schema = json.loads((REPO / "monitoring" / "prediction-log.bigquery.json").read_text())
@@ -1055,6 +1056,26 @@ def test_without_beta_alpha_does_its_part(project: FakeProject) -> None:
     assert "gcloud components install beta" in result.stderr
 
 
+def test_the_request_log_is_excluded_from_a_steady_rate_and_kept_again_below(
+    deployed: FakeProject,
+) -> None:
+    deployed.deploy("--expected-rate", "50", "--no-verify")
+
+    (exclusion,) = deployed.state["sinks"]["_Default"]["exclusions"]
+    assert exclusion["name"] == f"{FUNCTION}-request-log"
+    assert exclusion["filter"] == (
+        f'resource.type="cloud_run_revision" AND resource.labels.service_name="{FUNCTION}"'
+        ' AND log_id("run.googleapis.com/requests")'
+    )
+    deployed.deploy("--expected-rate", "50", "--no-verify")
+    assert deployed.changes() == []
+    deployed.deploy("--expected-rate", "2", "--no-verify")
+    assert deployed.state["sinks"]["_Default"]["exclusions"] == []
+    deployed.deploy("--request-log", "exclude", "--no-verify")
+    assert deployed.run("destroy", "--yes").returncode == 0
+    assert deployed.state["sinks"]["_Default"]["exclusions"] == []
+
+
 def test_no_prediction_log_stops_writing_it_and_keeps_its_history(deployed: FakeProject) -> None:
     deployed.change(lambda s: s["tables"][TABLE]["rows"].append({"version": "v1"}))
 
@@ -1072,28 +1093,33 @@ def test_no_prediction_log_stops_writing_it_and_keeps_its_history(deployed: Fake
 
 
 @pytest.mark.parametrize(
-    ("args", "throttled", "min_instances", "message_log_level"),
+    ("args", "throttled", "min_instances", "message_log_level", "request_log_excluded"),
     [
-        ((), True, "0", "INFO"),
-        (("--expected-rate", "9.9"), True, "0", "INFO"),
-        (("--expected-rate", "10"), False, "1", "DEBUG"),
-        (("--expected-rate", "250", "--billing", "request"), True, "0", "DEBUG"),
+        ((), True, "0", "INFO", False),
+        (("--expected-rate", "9.9"), True, "0", "INFO", False),
+        (("--expected-rate", "10"), False, "1", "DEBUG", True),
+        (("--expected-rate", "250", "--billing", "request"), True, "0", "DEBUG", True),
         (("--expected-rate", "0.5", "--billing", "instance", "--min-instances", "0"), False, "0",
-         "INFO"),
-        (("--billing", "instance"), False, "1", "INFO"),
-        (("--expected-rate", "50", "--message-log-level", "info"), False, "1", "INFO"),
+         "INFO", False),
+        (("--billing", "instance"), False, "1", "INFO", False),
+        (("--expected-rate", "50", "--message-log-level", "info", "--request-log", "keep"), False,
+         "1", "INFO", False),
     ],
 )  # fmt: skip
-def test_the_stated_rate_picks_billing_min_instances_and_the_message_log_level(
+def test_the_stated_rate_picks_billing_min_instances_and_the_logs(
     project: FakeProject,
     args: tuple[str, ...],
     throttled: bool,
     min_instances: str,
     message_log_level: str,
+    request_log_excluded: bool,
 ) -> None:
     result = project.run("deploy", "--dry-run", "--model-uri", MODEL_URI, *args)
 
     assert result.returncode == 0, result.stderr
+    assert ("--add-exclusion=name=ride-prediction-request-log," in result.stdout) == (
+        request_log_excluded
+    )
     (deploy,) = [_command(line)[1] for line in result.stdout.splitlines() if " run deploy " in line]
     assert ("--cpu-throttling" in deploy, "--no-cpu-throttling" in deploy) == (
         throttled,
@@ -1375,7 +1401,16 @@ def test_every_change_of_a_redeploy_and_a_destroy_passes_the_parsers(
     deployed.change(older)
     lines: dict[tuple[Any, ...], str] = {}
     for args in (
-        ("deploy", "--model-uri", MODEL_URI, "--alert-email", "a@example.com", "--no-verify"),
+        (
+            "deploy",
+            "--model-uri",
+            MODEL_URI,
+            "--alert-email",
+            "a@example.com",
+            "--no-verify",
+            "--expected-rate",
+            "50",
+        ),
         ("deploy", "--model-uri", MODEL_URI, "--no-verify", "--memory", "2Gi"),
         ("deploy", "--model-uri", MODEL_URI, "--no-verify", "--no-prediction-log"),
         ("destroy", "--yes", "--delete-prediction-log"),
@@ -1388,7 +1423,7 @@ def test_every_change_of_a_redeploy_and_a_destroy_passes_the_parsers(
                 lines.setdefault(_parser_signature(line), line)
     verbs = {_verb(shlex.split(line)) for line in lines.values()}
     assert {"update", "delete", "remove-iam-policy-binding", "rm"} <= verbs
-    for command in ("logging metrics update", "subscriptions update", "bq update"):
+    for command in ("logging metrics update", "subscriptions update", "bq update", "--remove-excl"):
         assert [line for line in lines.values() if command in line], command
     env = {**_base_env(tmp_path), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
     bq = parsers
