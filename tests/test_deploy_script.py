@@ -1092,6 +1092,29 @@ def test_no_prediction_log_stops_writing_it_and_keeps_its_history(deployed: Fake
     assert _ours(deployed.state) == LEAST_PRIVILEGE | {GOOGLES_OWN}
 
 
+def test_a_bigquery_subscription_refused_just_after_its_grant_is_retried(
+    deployed: FakeProject,
+) -> None:
+    refused = {
+        "match": f"pubsub subscriptions create {LOG_SUB} --topic=ride-predictions",
+        "error": fake_gcloud.BIGQUERY_SUBSCRIPTION_DENIED.format(project=PROJECT, name=LOG_SUB),
+    }
+    deployed.deploy("--no-prediction-log", "--no-verify")
+    deployed.change(lambda s: s["faults"].append({**refused, "times": 2}))
+
+    result = deployed.deploy("--no-verify")  # the table grant is made again in this run
+
+    assert "attempt 2 of 6 failed (a propagation delay: 'The caller does not have" in result.stderr
+    assert set(deployed.state["subscriptions"]) == SUBSCRIPTIONS
+    # Without a grant just made, the same refusal is a real one: the run stops at once.
+    deployed.change(lambda s: s["subscriptions"].pop(LOG_SUB) and s["faults"].append(
+        {**refused, "times": 1}
+    ))  # fmt: skip
+    result = deployed.run("deploy", "--model-uri", MODEL_URI, "--no-verify")
+    assert result.returncode == 1
+    assert "retrying" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "throttled", "min_instances", "message_log_level", "request_log_excluded"),
     [
