@@ -73,8 +73,8 @@ Options (flags only; defaults in brackets):
   --build-service-account A     your own, prepared (docs/deploy.md) [deploy.sh's FUNCTION-build]
   --docker-repository N [FUNCTION-images]  --base-image I [python312]  --ingress internal|all
   --cpu N [1]  --memory M [1Gi]  --timeout S [60]  --concurrency N [$DEFAULT_CONCURRENCY]
-  --expected-rate MSG_PER_S     the steady rate you expect: sets the billing mode, min-instances
-                                and MESSAGE_LOG_LEVEL (docs/deploy.md, "Billing and cost settings")
+  --expected-rate MSG_PER_S     the steady rate you expect: sets the four below (explicit flags
+                                win; docs/deploy.md, "Billing and cost settings")
   --billing request|instance    [instance from $STEADY_RATE msg/s, else $DEFAULT_BILLING]  --max-instances N [10]
   --min-instances N [${MIN_INSTANCES_FOR_BILLING[instance]} instance-based, ${MIN_INSTANCES_FOR_BILLING[request]} request-based]
   --message-log-level L         [DEBUG (the line off) from $STEADY_RATE msg/s, else INFO]
