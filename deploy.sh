@@ -202,6 +202,7 @@ grant() { # KIND NAME ROLE MEMBER
 }
 
 revoke() { # KIND NAME ROLE MEMBER
+  [[ $1 != table ]] || command -v bq >/dev/null || { log "    note: without bq, $4 keeps $3 on $2" && return 0; }
   has_binding "$@" || is_dry_run || return 0
   iam_command remove-iam-policy-binding "$1" "$2" --member="$4" --role="$3"
   run "revoke $3 on $1 $2 from $4" "${IAM_COMMAND[@]}"
@@ -805,7 +806,7 @@ ensure_channel() {
     if ((${#found[@]} == 0)); then
       run_rendered "create the alerts' email channel" "${CHANNELS[@]}" create --channel-content-from-file=- "${P[@]}"
       query "${CHANNELS[@]}" list --filter="$OURS_FILTER" --format='value(name)' "${P[@]}" || true
-      CHANNEL=${QUERY_OUT:-CHANNEL}
+      CHANNEL=${QUERY_OUT%%$'\n'*} && CHANNEL=${CHANNEL:-CHANNEL}
     else
       CHANNEL=${found[0]%%|*}
       if [[ ${found[0]#*|} == "$DEFINITION" ]]; then ok "email channel $CHANNEL"; else
