@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# What the Cloud Function needs at runtime: exactly what .gcloudignore lets `gcloud functions
-# deploy` upload (docs/design.md, "What is deployed"); tests/test_packaging.py checks both agree.
-RUNTIME_FILES := main.py features.py model_loader.py publisher.py settings.py telemetry.py requirements.txt
+# What the Cloud Function needs at runtime: the `!/` lines of .gcloudignore, what `gcloud run
+# deploy` uploads (docs/design.md, "What is deployed"); tests/test_packaging.py checks both agree.
+RUNTIME_FILES := $(shell sed -n 's|^!/||p' .gcloudignore)
 FUNCTION_NAME ?= ride-prediction
 DIST ?= dist
 
@@ -17,12 +17,12 @@ help:
 	@echo "make test    lint and run every test"
 	@echo "make up/down keep the local stack running / stop it"
 	@echo "make train   train a model into the local MLflow store"
-	@echo "make lint    ruff, shellcheck deploy.sh, the CI workflow's schema;  make format  fixes"
+	@echo "make lint    ruff, mypy --strict, shellcheck, the CI workflow's schema;  make format  fixes"
 	@echo "make package build $(DIST)/$(FUNCTION_NAME).zip: the function's source, as deployed"
 	@echo "./deploy.sh  deploy to GCP (see ./deploy.sh --help and docs/deploy.md)"
 	@echo "make package-aws  build the AWS Lambda zip (dist/aws-lambda.zip)"
 	@echo "make bench   benchmark vs the tutorial's function (a few minutes; bench/results)"
-	@echo "make schemas regenerate schemas/*.schema.json from the declarations in features.py"
+	@echo "make schemas regenerate schemas/*.schema.json from the declarations in ride_predictor/messages.py"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@echo "… preparing $(VENV) (first run installs the dependencies, about a minute)"
@@ -39,6 +39,7 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/shellcheck deploy.sh monitoring/render.bash
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 
@@ -52,7 +53,7 @@ test: lint
 train: $(STAMP)
 	$(PY) -m training.train
 
-# The published JSON Schemas of the messages, generated from features.py (docs/design.md);
+# The published JSON Schemas of the messages, generated from ride_predictor/messages.py;
 # tests/test_schemas.py fails when the committed files differ from what this writes.
 schemas: $(STAMP)
 	$(PY) -m schemas.generate
@@ -67,14 +68,15 @@ package-aws:
 # Only the standard library is needed, so no virtual environment.
 package: $(DIST)/$(FUNCTION_NAME).zip
 
-$(DIST)/$(FUNCTION_NAME).zip: $(RUNTIME_FILES)
+# Each file at its path (`python -m zipfile -c` would flatten ride_predictor/ to its basenames).
+$(DIST)/$(FUNCTION_NAME).zip: $(RUNTIME_FILES) .gcloudignore
 	@mkdir -p $(DIST)
 	@rm -f $@
-	$(PYTHON) -m zipfile -c $@ $(RUNTIME_FILES)
+	$(PYTHON) -c 'import sys, zipfile; archive = zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED); [archive.write(name) for name in sys.argv[2:]]; archive.close()' $@ $(RUNTIME_FILES)
 	@echo "built $@"
 
 clean:
-	rm -rf $(VENV) dist .stack .pytest_cache .ruff_cache
+	rm -rf $(VENV) dist .stack .pytest_cache .ruff_cache .mypy_cache
 
 demo: $(STAMP)
 	$(PY) -m devstack demo

@@ -1,4 +1,4 @@
-"""Build the Lambda deployment zip: the handler and the core modules it imports, at the root.
+"""Build the Lambda deployment zip: the handler at the root, the core package it imports beside it.
 
 ``python aws/build_zip.py [dist/aws-lambda.zip]`` (what ``make package-aws`` runs). The zip holds
 code only; the dependencies in ``aws/requirements.txt`` come from a Lambda layer or the container
@@ -19,17 +19,34 @@ AWS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = AWS_DIR.parent
 DEFAULT_OUTPUT = REPO_ROOT / "dist" / "aws-lambda.zip"
 
+# The core modules the Lambda imports, directly or through each other: not the Cloud Function's
+# Pub/Sub side (envelope, dead_letters, publisher, service, telemetry).
+CORE_MODULES = (
+    "__init__",
+    "background",
+    "errors",
+    "fast_path",
+    "inference",
+    "json_logging",
+    "loaders",
+    "messages",
+    "model_holder",
+    "redaction",
+    "registry",
+    "settings",
+)
+
 # (source, name in the zip). Listed, not globbed, so nothing unintended ships; the packaging
 # test imports the handler from the unzipped archive, which fails if a module is missing here.
 CONTENTS: tuple[tuple[Path, str], ...] = (
     (AWS_DIR / "lambda_function.py", "lambda_function.py"),
     (AWS_DIR / "lambda_settings.py", "lambda_settings.py"),
-    (AWS_DIR / "lambda_logging.py", "lambda_logging.py"),
     (AWS_DIR / "kinesis_event.py", "kinesis_event.py"),
     (AWS_DIR / "kinesis_writer.py", "kinesis_writer.py"),
-    (REPO_ROOT / "features.py", "features.py"),
-    (REPO_ROOT / "model_loader.py", "model_loader.py"),
-    (REPO_ROOT / "settings.py", "settings.py"),
+    *(
+        (REPO_ROOT / "ride_predictor" / f"{name}.py", f"ride_predictor/{name}.py")
+        for name in CORE_MODULES
+    ),
     (AWS_DIR / "requirements.txt", "requirements.txt"),
 )
 

@@ -8,13 +8,12 @@ in order.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from features import InvalidRideError
+from ride_predictor.errors import InvalidRideError
+from ride_predictor.messages import decode_base64
 
 
 class InvalidEventError(ValueError):
@@ -46,7 +45,9 @@ def kinesis_records(event: Any) -> list[KinesisRecord]:
     for position, record in enumerate(records):
         kinesis = record.get("kinesis") if isinstance(record, Mapping) else None
         sequence_number = kinesis.get("sequenceNumber") if isinstance(kinesis, Mapping) else None
-        if not isinstance(sequence_number, str) or not sequence_number:
+        if not isinstance(kinesis, Mapping) or not isinstance(sequence_number, str):
+            raise InvalidEventError(f"Records[{position}] has no kinesis.sequenceNumber")
+        if not sequence_number:
             raise InvalidEventError(f"Records[{position}] has no kinesis.sequenceNumber")
         parsed.append(
             KinesisRecord(
@@ -64,14 +65,13 @@ def decode_data(record: KinesisRecord, max_bytes: int) -> bytes:
     """The record's payload bytes, from strict base64; ``InvalidRideError`` if unusable."""
     data = record.data
     if not isinstance(data, str) or not data:
-        raise InvalidRideError("Kinesis record has no data")
+        raise InvalidRideError("Kinesis record has no data", reason_class="envelope")
     # Reject before decoding: base64 is 4 characters per 3 bytes.
     if len(data) > (max_bytes + 2) // 3 * 4:
-        raise InvalidRideError(f"record data is over the limit of {max_bytes} bytes")
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise InvalidRideError(f"record data is not valid base64: {error}") from None
+        raise InvalidRideError(
+            f"record data is over the limit of {max_bytes} bytes", reason_class="too_large"
+        )
+    return decode_base64(data, "record data")
 
 
 def batch_response(

@@ -1,8 +1,10 @@
 """AWS Lambda ``lambda_function.lambda_handler``: Kinesis ride events in, predictions out.
 
-The tutorial's AWS variant of the Cloud Function in ``main.py``, over the same core: the same
-validation and features (``features``), the same lazily loaded MLflow model (``model_loader``;
-``MODEL_URI`` may be ``s3://…``) and the same output message. Only the trigger and the output
+The tutorial's AWS variant of the Cloud Function in ``main.py``, over the same core package,
+``ride_predictor``: the same validation and features (``messages``), the same model call and
+checks (``inference``), the same lazily loaded MLflow model and its refresh (``model_holder``;
+``MODEL_URI`` may be ``s3://…``), the same log lines (``json_logging``) and the same output
+message. Only the trigger and the output
 differ: a Kinesis event source mapping delivers batches of records, and predictions go to the
 Kinesis stream ``PREDICTIONS_STREAM_NAME``, one record per ride, partitioned by ``ride_id``.
 
@@ -30,22 +32,22 @@ from typing import Any
 
 import msgspec
 
-from features import (
-    InvalidRideError,
+from kinesis_event import KinesisRecord, batch_response, decode_data, kinesis_records
+from kinesis_writer import MAX_PARTITION_KEY_CHARS, KinesisWriter, OutputRecord, RecordWriter
+from lambda_settings import LambdaSettings, settings_from_env
+from ride_predictor.errors import InvalidRideError, ModelLoadError
+from ride_predictor.inference import predict_rides
+from ride_predictor.json_logging import JsonLineFormatter, install_json_handler
+from ride_predictor.loaders import LoadedModel
+from ride_predictor.messages import (
     PredictionMessage,
     RideBatch,
     RideEvent,
-    build_prediction_message,
     decode_message,
     encode_message,
-    predictions_for,
-    ride_features,
 )
-from kinesis_event import KinesisRecord, batch_response, decode_data, kinesis_records
-from kinesis_writer import MAX_PARTITION_KEY_CHARS, KinesisWriter, OutputRecord, RecordWriter
-from lambda_logging import install_log_handler
-from lambda_settings import LambdaSettings, settings_from_env
-from model_loader import LoadedModel, ModelLoader, ModelLoadError, bound_mlflow_http_requests
+from ride_predictor.model_holder import ModelHolder
+from ride_predictor.registry import bound_mlflow_http_requests
 
 # The dead-letter record carries the source data as delivered (base64). A Kinesis record may
 # hold 1 MiB, whose base64 is a third larger than the 1 MiB a dead-letter record may hold, so
@@ -53,7 +55,7 @@ from model_loader import LoadedModel, ModelLoader, ModelLoadError, bound_mlflow_
 MAX_DEAD_LETTER_DATA_CHARS = 768 * 1024
 _MAX_REASON_CHARS = 1024
 
-# The same logger as the Cloud Function, so model_loader's lines come out in the same format.
+# The same logger as the Cloud Function's service; the model holder's lines go to a child.
 logger = logging.getLogger("ride_predictor")
 
 
@@ -66,7 +68,8 @@ def ride_event(raw: bytes, max_bytes: int) -> RideEvent:
     decoded = decode_message(raw, max_bytes)
     if isinstance(decoded, RideBatch):
         raise InvalidRideError(
-            "record data is a JSON array: a Kinesis record must hold one ride event (an object)"
+            "record data is a JSON array: a Kinesis record must hold one ride event (an object)",
+            reason_class="schema",
         )
     return decoded
 
@@ -74,9 +77,9 @@ def ride_event(raw: bytes, max_bytes: int) -> RideEvent:
 def prediction_record(message: PredictionMessage) -> OutputRecord:
     """The Kinesis record for one prediction, partitioned by its ride_id.
 
-    The data is the Cloud Function's output message, byte for byte (``features.encode_message``).
+    The data is the Cloud Function's output message, byte for byte (``messages.encode_message``).
     Partitioning by ride_id keeps every prediction of a ride on one shard, in order; a ride_id
-    is at most 256 characters (``features.MAX_RIDE_ID_CHARS``), the partition key limit.
+    is at most 256 characters (``messages.MAX_RIDE_ID_CHARS``), the partition key limit.
     """
     return OutputRecord(data=encode_message(message), partition_key=str(message.prediction.ride_id))
 
@@ -143,10 +146,10 @@ class KinesisPredictionService:
     """Handles one Kinesis event: validate, predict, write, and report what failed."""
 
     def __init__(
-        self, settings: LambdaSettings, model_loader: ModelLoader, writer: RecordWriter
+        self, settings: LambdaSettings, model_holder: ModelHolder, writer: RecordWriter
     ) -> None:
         self.settings = settings
-        self.model_loader = model_loader
+        self.model_holder = model_holder
         self.writer = writer
         self._message_log_level = logging.getLevelName(settings.message_log_level)
 
@@ -158,7 +161,15 @@ class KinesisPredictionService:
         Lambda then retries the whole batch, bisecting it when ``BisectBatchOnFunctionError``
         is on, so one poisonous record ends up alone and, after ``MaximumRetryAttempts``, in the
         event source mapping's on-failure destination.
+
+        Afterwards, a model refresh that is due starts in the background.
         """
+        try:
+            return self._handle(event, request_id)
+        finally:
+            self.model_holder.refresh_work.start_if_due()
+
+    def _handle(self, event: Any, request_id: str) -> dict[str, list[dict[str, str]]]:
         started = time.perf_counter()
         records = kinesis_records(event)
         accepted, rejected = self._validate(records)
@@ -167,7 +178,7 @@ class KinesisPredictionService:
         written = 0
         if accepted:
             try:
-                model = self.model_loader.get()
+                model = self.model_holder.get()
             except ModelLoadError as error:
                 logger.warning(
                     "model not loaded: the batch's valid records will be retried",
@@ -220,30 +231,16 @@ class KinesisPredictionService:
         predicted: list[tuple[_Accepted, PredictionMessage]] = []
         unpredictable: list[_Rejected] = []
         try:
-            predictions = predictions_for(
-                model.predict([ride_features(item.event.ride) for item in accepted]),
-                len(accepted),
-            )
+            results = predict_rides(model, [item.event for item in accepted])
         except InvalidRideError as error:
-            for item in accepted:
+            results = [error] * len(accepted)
+        for item, result in zip(accepted, results, strict=True):
+            if isinstance(result, InvalidRideError):
                 unpredictable.append(
-                    _Rejected(item.position, item.record, error, item.event.ride_id)
+                    _Rejected(item.position, item.record, result, item.event.ride_id)
                 )
-            return predicted, unpredictable
-        for item, prediction in zip(accepted, predictions, strict=True):
-            try:
-                predicted.append(
-                    (
-                        item,
-                        build_prediction_message(
-                            model.name, model.version, item.event.ride_id, prediction
-                        ),
-                    )
-                )
-            except InvalidRideError as error:
-                unpredictable.append(
-                    _Rejected(item.position, item.record, error, item.event.ride_id)
-                )
+            else:
+                predicted.append((item, result))
         return predicted, unpredictable
 
     def _write_predictions(
@@ -261,7 +258,7 @@ class KinesisPredictionService:
         )
         failed: set[str] = set()
         for index, (item, message) in enumerate(predicted):
-            fields = {
+            fields: dict[str, Any] = {
                 "sequence_number": item.record.sequence_number,
                 "ride_id": item.event.ride_id,
                 "model_version": model.version,
@@ -320,18 +317,13 @@ _service_lock = threading.Lock()
 
 
 def build_service(settings: LambdaSettings) -> KinesisPredictionService:
-    """Wire the real model loader and Kinesis writer for ``settings`` (nothing is loaded yet)."""
-    install_log_handler(logger, settings.log_level)
+    """Wire the real model holder and Kinesis writer for ``settings`` (nothing is loaded yet)."""
+    logger.setLevel(settings.log_level)
+    install_json_handler(logger, JsonLineFormatter())
     bound_mlflow_http_requests(os.environ)
     return KinesisPredictionService(
         settings,
-        ModelLoader(
-            settings.model_uri,
-            settings.model_name,
-            settings.model_version,
-            load_timeout_seconds=settings.model_load_timeout_seconds,
-            refresh_seconds=settings.model_refresh_seconds,
-        ),
+        ModelHolder.from_settings(settings),
         KinesisWriter(),
     )
 

@@ -1,4 +1,5 @@
-"""The Lambda's configuration: the shared declaration (``settings.CoreSettings``) plus its own.
+"""The Lambda's configuration: the shared declaration (``ride_predictor.settings.CoreSettings``)
+plus its own fields.
 
 Everything the two clouds share (``MODEL_URI``, ``MODEL_NAME``, ``MODEL_VERSION``,
 ``MAX_MESSAGE_BYTES``, ``MODEL_LOAD_TIMEOUT_SECONDS``, ``MODEL_REFRESH_SECONDS``, ``LOG_LEVEL``,
@@ -11,16 +12,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from settings import (
-    CoreSettings,
-    InvalidSettingError,
-    MissingSettingError,
-    Seconds,
-    Text,
-    read_settings,
-)
-
-__all__ = ["InvalidSettingError", "LambdaSettings", "MissingSettingError", "settings_from_env"]
+from ride_predictor.settings import CoreSettings, Seconds, Text, read_settings
+from ride_predictor.settings import InvalidSettingError as InvalidSettingError  # raised here
+from ride_predictor.settings import MissingSettingError as MissingSettingError  # its old name
 
 DEFAULT_PREDICTIONS_STREAM_NAME = "ride_predictions"
 # Leaves room in a Lambda timeout of a minute or more for the writes after a cold load.
@@ -36,8 +30,6 @@ class LambdaSettings(CoreSettings, frozen=True, kw_only=True, rename="upper"):
 
 
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> LambdaSettings:
-    """Read ``LambdaSettings`` from environment variables; ``MODEL_URI`` is required.
-
-    Raises ``InvalidSettingError`` naming the variable at fault. An empty value counts as unset.
-    """
+    """``LambdaSettings`` from environment variables (``read_settings``: raises
+    ``InvalidSettingError`` naming the variable at fault; an empty value counts as unset)."""
     return read_settings(LambdaSettings, environ)

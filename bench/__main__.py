@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +88,8 @@ VARIANTS = (
         name="project",
         module="main",
         description="main.py",
-        # main.py, publisher.py and model_loader.py's direct path (a pickled sklearn model on
-        # gs://, as here, needs no MLflow): see model_loader._load_directly.
+        # main.py, its publisher and the loaders' direct path (a pickled sklearn model on
+        # gs://, as here, needs no MLflow): see ride_predictor.loaders._load_directly.
         bare_imports=(
             "functions_framework",
             "google.pubsub_v1",
@@ -168,17 +168,11 @@ def warm_emulator(admin: PubSubAdmin, sizes: Sizes) -> None:
 def measure_concurrency(
     args: argparse.Namespace,
     sizes: concurrency.ConcurrencySizes,
-    env: dict[str, str],
-    log_dir: Path,
-    target: Target,
-    rides: list[dict[str, Any]],
-    batches: list[list[dict[str, Any]]],
-    model_uri: str,
+    setup: Setup,
     pubsub_host: str,
-    tag: dict[str, str],
 ) -> list[dict[str, Any]]:
     """The framework and the project at each concurrency, publishing through the delay proxy."""
-    proxy = DelayProxyService(pubsub_host, sizes.rtt_ms, log_dir, extra_env=tag)
+    proxy = DelayProxyService(pubsub_host, sizes.rtt_ms, setup.log_dir, extra_env=setup.tag)
     variants = [v for v in VARIANTS if v.name in (concurrency.FRAMEWORK, concurrency.PROJECT)]
     step(
         f"concurrency {', '.join(map(str, sizes.levels))}: one instance, "
@@ -186,183 +180,242 @@ def measure_concurrency(
     )
     try:
         proxy.start()
-        proxy_env = {**env, "MODEL_URI": model_uri, "PUBSUB_EMULATOR_HOST": proxy.host}
+        proxy_env = {
+            **setup.env,
+            "MODEL_URI": setup.model_uris["project"],
+            "PUBSUB_EMULATOR_HOST": proxy.host,
+        }
         return concurrency.run_rounds(
-            variants, args.rounds, proxy_env, log_dir, target, rides, batches, sizes, step
+            variants,
+            args.rounds,
+            proxy_env,
+            setup.log_dir,
+            Target(PROJECT_ID),
+            setup.rides,
+            setup.batches,
+            sizes,
+            step,
         )
     finally:
         proxy.stop()
 
 
+@dataclass
+class Setup:
+    """What every phase of a run shares: the model, the emulators' environment, the rides."""
+
+    work_dir: Path
+    log_dir: Path
+    model_dir: Path
+    tutorial_dir: Path
+    tag: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)
+    model_uris: dict[str, str] = field(default_factory=dict)
+    rides: list[dict[str, Any]] = field(default_factory=list)
+    batches: list[list[dict[str, Any]]] = field(default_factory=list)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Set up, run every round, measure the levers; return the raw results."""
-    work_dir: Path = args.work_dir
-    log_dir = work_dir / "logs"
-    shutil.rmtree(log_dir, ignore_errors=True)
-    log_dir.mkdir(parents=True)
+    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     sizes = Sizes.quick() if args.quick else Sizes()
     variants = [variant for variant in VARIANTS if variant.name in args.variants]
-    started = time.perf_counter()
-    load_at_start = os.getloadavg()[0]
-    # The emulators, the training and the pushers stay off the function's CPU (see
-    # harness.CPU_SPLIT); functions, bare imports and the in-process levers run on it.
-    on_other_cpus()
-
-    step(f"training the model on {args.rides} synthetic rides over {args.zones} zones")
-    model_dir = train_model(work_dir, args.rides, args.zones)
-    tutorial_dir = tutorial_copy(model_dir, work_dir)
-
-    # Every process the bench starts carries the tag, so leftovers can be found (and tested).
-    tag = {STACK_TAG_VARIABLE: str(work_dir.resolve())}
-    pubsub = PubSubEmulator(PROJECT_ID, log_dir, extra_env=tag)
-    storage = StorageEmulator(log_dir, extra_env=tag)
-    admin: PubSubAdmin | None = None
-    results: list[RoundResult] = []
-    bare: dict[str, list[float]] = {variant.name: [] for variant in variants}
-    levers: dict[str, Any] = {}
-    concurrency_raw: list[dict[str, Any]] = []
     concurrency_sizes = concurrency.with_levels(
         concurrency.ConcurrencySizes.quick() if args.quick else concurrency.ConcurrencySizes(),
         args.concurrency_levels,
     )
-    swap: dict[str, Any] = {}
-    measured_sizes: dict[str, Any] = {}
+    # The emulators, the training and the pushers stay off the function's CPU (see
+    # harness.CPU_SPLIT); functions, bare imports and the in-process levers run on it.
+    on_other_cpus()
+    setup = prepare(args)
+    pubsub = PubSubEmulator(PROJECT_ID, setup.log_dir, extra_env=setup.tag)
+    storage = StorageEmulator(setup.log_dir, extra_env=setup.tag)
+    admin: PubSubAdmin | None = None
     try:
         step("starting the Pub/Sub and GCS emulators")
         pubsub.start()
         storage.start()
-        client = storage_client(storage.url, PROJECT_ID)
-        model_uri = upload_directory(client, model_dir, f"gs://{BUCKET}/1/bench/artifacts/model")
-        tutorial_uri = upload_directory(
-            client, tutorial_dir, f"gs://{BUCKET}/1/bench/artifacts/tutorial-model"
-        )
         admin = PubSubAdmin(pubsub.host, PROJECT_ID)
-        admin.create_topic(OUTPUT_TOPIC)  # no subscription: the emulator drops what arrives
-        env = {
-            "PROJECT_ID": PROJECT_ID,
-            "PUBLISH_STREAM": OUTPUT_TOPIC,
-            "PUBSUB_EMULATOR_HOST": pubsub.host,
-            "STORAGE_EMULATOR_HOST": storage.url,
-            **tag,
+        stage(setup, sizes, storage.url, pubsub.host, admin)
+        measured_sizes = message_sizes.measure(setup.rides, setup.batches)
+        bare, results = measure_rounds(args, setup, sizes, variants, admin, pubsub)
+        phases = {
+            "concurrency": []
+            if args.skip_concurrency
+            else measure_concurrency(args, concurrency_sizes, setup, pubsub.host),
+            "levers": {} if args.skip_levers else measure_levers(args, setup),
+            "swap": {} if args.skip_swap else measure_swap(args, setup),
         }
-        model_uris = {"baseline": tutorial_uri}
-
-        pairs = [(pickup, dropoff) for pickup in range(1, 266) for dropoff in range(1, 266)]
-        rides = sample_rides(pairs, max(sizes.cpu_messages, 2000))
-        batch_rides = sample_rides(pairs, sizes.batch_size * sizes.batch_messages, seed=11)
-        batches = [
-            batch_rides[i : i + sizes.batch_size]
-            for i in range(0, len(batch_rides), sizes.batch_size)
-        ]
-        target = Target(PROJECT_ID)
-        measured_sizes = message_sizes.measure(rides, batches)
-
-        step("priming the page cache and the emulator's JIT (untimed)")
-        bare_import_seconds(sorted({m for v in variants for m in v.bare_imports}), REPO_ROOT)
-        warm_emulator(admin, sizes)
-        for round_index in range(1, args.rounds + 1):
-            for variant in variants:
-                bare[variant.name].append(bare_import_seconds(variant.bare_imports, REPO_ROOT))
-            for variant in variants:
-                variant_env = dict(env)
-                if variant.uses_model:
-                    variant_env["MODEL_URI"] = model_uris.get(variant.name, model_uri)
-                step(f"round {round_index}/{args.rounds}: {variant.name}")
-                result = measure_variant(
-                    variant,
-                    round_index,
-                    variant_env,
-                    log_dir,
-                    target,
-                    rides,
-                    batches,
-                    sizes,
-                    emulator_group=pubsub.process.pid if pubsub.process else None,
-                )
-                step(
-                    f"  cold start {result.cold_start_s:.2f}s, "
-                    f"warm {result.warm_msgs_per_s:.0f} msg/s, "
-                    f"PSS {result.pss_bytes / 2**20:.0f} MiB"
-                )
-                results.append(result)
-
-        if not args.skip_concurrency:
-            concurrency_raw = measure_concurrency(
-                args,
-                concurrency_sizes,
-                env,
-                log_dir,
-                target,
-                rides,
-                batches,
-                model_uri,
-                pubsub.host,
-                tag,
-            )
-
-        if not args.skip_levers:
-            step("measuring the levers in process (bench.levers)")
-            levers_path = work_dir / "levers.json"
-            with on_function_cpus():
-                levers_process = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.levers",
-                        f"--model-dir={model_dir}",
-                        f"--tutorial-model-dir={tutorial_dir}",
-                        f"--work-dir={work_dir}",
-                        f"--out={levers_path}",
-                        f"--rounds={args.rounds}",
-                        *(["--quick"] if args.quick else []),
-                    ],
-                    cwd=REPO_ROOT,
-                    env={**os.environ, **env},
-                )
-            if levers_process.wait() != 0:
-                raise RuntimeError(f"bench.levers failed ({levers_process.returncode})")
-            levers = json.loads(levers_path.read_text())
-        if not args.skip_swap:
-            step("measuring a hot swap in process (bench.swap)")
-            swap_path = work_dir / "swap.json"
-            quick = ["--seconds=2", "--period=0.5", "--variants=default"] if args.quick else []
-            subprocess.run(
-                [sys.executable, "-m", "bench.swap", f"--work-dir={work_dir}",
-                 f"--out={swap_path}", f"--rides={args.rides}", f"--zones={args.zones}", *quick],
-                cwd=REPO_ROOT, check=True,
-            )  # fmt: skip
-            swap = json.loads(swap_path.read_text())
     finally:
         if admin is not None:
             admin.close()
         storage.stop()
         pubsub.stop()
-
-    return {
-        "meta": report.machine_info()
-        | {
-            "rounds": args.rounds,
-            "rides_trained": args.rides,
-            "zones": args.zones,
-            "model_bytes": sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file()),
-            "sizes": asdict(sizes),
-            "variants": {v.name: asdict(v) for v in variants},
-            "seconds": round(time.perf_counter() - started, 1),
-            # Other work on the machine slows everything measured here (docs/speed.md).
-            "load": {
-                "start": load_at_start,
-                "end": os.getloadavg()[0],
-                "how": "1-minute load average (os.getloadavg) at the start and the end",
-            },
-            "function_cpus": sorted(CPU_SPLIT[0]) if CPU_SPLIT else None,
-            "concurrency_sizes": asdict(concurrency_sizes),
+    meta = run_meta(args, setup, sizes, variants, concurrency_sizes)
+    meta |= {
+        "seconds": round(time.perf_counter() - started, 1),
+        # Other work on the machine slows everything measured here (docs/speed.md).
+        "load": {
+            "start": load_at_start,
+            "end": os.getloadavg()[0],
+            "how": "1-minute load average (os.getloadavg) at the start and the end",
         },
+    }
+    return {
+        "meta": meta,
         "bare_import_s": bare,
         "rounds": [asdict(result) for result in results],
-        "levers": levers,
-        "concurrency": concurrency_raw,
+        "levers": phases["levers"],
+        "concurrency": phases["concurrency"],
         "message_sizes": measured_sizes,
-        "swap": swap,
+        "swap": phases["swap"],
+    }
+
+
+def prepare(args: argparse.Namespace) -> Setup:
+    """A fresh log folder and the model trained, with the tutorial's copy of it."""
+    work_dir: Path = args.work_dir
+    log_dir = work_dir / "logs"
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True)
+    step(f"training the model on {args.rides} synthetic rides over {args.zones} zones")
+    model_dir = train_model(work_dir, args.rides, args.zones)
+    # Every process the bench starts carries the tag, so leftovers can be found (and tested).
+    tag = {STACK_TAG_VARIABLE: str(work_dir.resolve())}
+    return Setup(work_dir, log_dir, model_dir, tutorial_copy(model_dir, work_dir), tag)
+
+
+def stage(
+    setup: Setup, sizes: Sizes, storage_url: str, pubsub_host: str, admin: PubSubAdmin
+) -> None:
+    """Both models in the bucket, the output topic, the environment and the rides."""
+    client = storage_client(storage_url, PROJECT_ID)
+    model_uri = upload_directory(client, setup.model_dir, f"gs://{BUCKET}/1/bench/artifacts/model")
+    tutorial_uri = upload_directory(
+        client, setup.tutorial_dir, f"gs://{BUCKET}/1/bench/artifacts/tutorial-model"
+    )
+    admin.create_topic(OUTPUT_TOPIC)  # no subscription: the emulator drops what arrives
+    setup.env = {
+        "PROJECT_ID": PROJECT_ID,
+        "PUBLISH_STREAM": OUTPUT_TOPIC,
+        "PUBSUB_EMULATOR_HOST": pubsub_host,
+        "STORAGE_EMULATOR_HOST": storage_url,
+        **setup.tag,
+    }
+    setup.model_uris = {"baseline": tutorial_uri, "project": model_uri}
+    pairs = [(pickup, dropoff) for pickup in range(1, 266) for dropoff in range(1, 266)]
+    setup.rides = sample_rides(pairs, max(sizes.cpu_messages, 2000))
+    batch_rides = sample_rides(pairs, sizes.batch_size * sizes.batch_messages, seed=11)
+    setup.batches = [
+        batch_rides[i : i + sizes.batch_size] for i in range(0, len(batch_rides), sizes.batch_size)
+    ]
+
+
+def measure_rounds(
+    args: argparse.Namespace,
+    setup: Setup,
+    sizes: Sizes,
+    variants: list[Variant],
+    admin: PubSubAdmin,
+    pubsub: PubSubEmulator,
+) -> tuple[dict[str, list[float]], list[RoundResult]]:
+    """The interleaved rounds: each variant's bare import, then its round (``measure_variant``)."""
+    step("priming the page cache and the emulator's JIT (untimed)")
+    bare_import_seconds(sorted({m for v in variants for m in v.bare_imports}), REPO_ROOT)
+    warm_emulator(admin, sizes)
+    bare: dict[str, list[float]] = {variant.name: [] for variant in variants}
+    results: list[RoundResult] = []
+    for round_index in range(1, args.rounds + 1):
+        for variant in variants:
+            bare[variant.name].append(bare_import_seconds(variant.bare_imports, REPO_ROOT))
+        for variant in variants:
+            step(f"round {round_index}/{args.rounds}: {variant.name}")
+            result = measure_variant(
+                variant,
+                round_index,
+                variant_env(setup, variant),
+                setup.log_dir,
+                Target(PROJECT_ID),
+                setup.rides,
+                setup.batches,
+                sizes,
+                emulator_group=pubsub.process.pid if pubsub.process else None,
+            )
+            step(
+                f"  cold start {result.cold_start_s:.2f}s, "
+                f"warm {result.warm_msgs_per_s:.0f} msg/s, "
+                f"PSS {result.pss_bytes / 2**20:.0f} MiB"
+            )
+            results.append(result)
+    return bare, results
+
+
+def variant_env(setup: Setup, variant: Variant) -> dict[str, str]:
+    """The environment of one variant: its model, if it uses one."""
+    env = dict(setup.env)
+    if variant.uses_model:
+        env["MODEL_URI"] = setup.model_uris.get(variant.name, setup.model_uris["project"])
+    return env
+
+
+def measure_levers(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
+    """``bench.levers`` in its own process on the function's CPU; its JSON."""
+    step("measuring the levers in process (bench.levers)")
+    levers_path = setup.work_dir / "levers.json"
+    with on_function_cpus():
+        levers_process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.levers",
+                f"--model-dir={setup.model_dir}",
+                f"--tutorial-model-dir={setup.tutorial_dir}",
+                f"--work-dir={setup.work_dir}",
+                f"--out={levers_path}",
+                f"--rounds={args.rounds}",
+                *(["--quick"] if args.quick else []),
+            ],
+            cwd=REPO_ROOT,
+            env={**os.environ, **setup.env},
+        )
+    if levers_process.wait() != 0:
+        raise RuntimeError(f"bench.levers failed ({levers_process.returncode})")
+    levers: dict[str, Any] = json.loads(levers_path.read_text())
+    return levers
+
+
+def measure_swap(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
+    """``bench.swap`` in its own process; its JSON."""
+    step("measuring a hot swap in process (bench.swap)")
+    swap_path = setup.work_dir / "swap.json"
+    quick = ["--seconds=2", "--period=0.5", "--variants=default"] if args.quick else []
+    subprocess.run(
+        [sys.executable, "-m", "bench.swap", f"--work-dir={setup.work_dir}",
+         f"--out={swap_path}", f"--rides={args.rides}", f"--zones={args.zones}", *quick],
+        cwd=REPO_ROOT, check=True,
+    )  # fmt: skip
+    swap: dict[str, Any] = json.loads(swap_path.read_text())
+    return swap
+
+
+def run_meta(
+    args: argparse.Namespace,
+    setup: Setup,
+    sizes: Sizes,
+    variants: list[Variant],
+    concurrency_sizes: concurrency.ConcurrencySizes,
+) -> dict[str, Any]:
+    """Where and how the run measured."""
+    model_bytes = sum(p.stat().st_size for p in setup.model_dir.rglob("*") if p.is_file())
+    return report.machine_info() | {
+        "rounds": args.rounds,
+        "rides_trained": args.rides,
+        "zones": args.zones,
+        "model_bytes": model_bytes,
+        "sizes": asdict(sizes),
+        "variants": {v.name: asdict(v) for v in variants},
+        "function_cpus": sorted(CPU_SPLIT[0]) if CPU_SPLIT else None,
+        "concurrency_sizes": asdict(concurrency_sizes),
     }
 
 

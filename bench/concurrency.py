@@ -58,7 +58,7 @@ from bench.harness import (
 )
 from devstack.function_server import FunctionServer
 from devstack.processes import group_members
-from publisher import DEFAULT_MAX_RPCS_IN_FLIGHT
+from ride_predictor.publisher import DEFAULT_MAX_RPCS_IN_FLIGHT
 
 # What functions-framework's gunicorn reads for its thread count (functions_framework/_http/
 # gunicorn.py: ``threads = int(os.environ.get("THREADS", (os.cpu_count() or 1) * 4))``).

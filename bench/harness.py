@@ -380,16 +380,54 @@ def measure_variant(
     )
     path = f"/projects/{target.project_id}/topics/{target.input_topic}"
     bodies = ride_bodies(rides)
+    dump_path = log_dir / f"{variant.name}-round{round_index}-probe.json"
+    try:
+        cold = _cold_start(variant, server, path, bodies[0])
+        warm = _warm_phase(server, path, bodies, sizes, emulator_group)
+        pusher = Pusher(server.port, path)
+        report = _cpu_phase(variant, pusher, bodies[: sizes.cpu_messages], dump_path)
+        assert server.process is not None
+        memory = memory_of_group(server.process.pid)
+        batch_e2e: list[float] = []
+        batch_wall: list[float] = []
+        if variant.takes_batches and batches:
+            batch_e2e, batch_wall = _batch_phase(variant, pusher, batches, dump_path)
+        pusher.close()
+    finally:
+        server.stop()
+    return _round_result(variant, round_index, cold, warm, report, memory, batch_wall, batch_e2e)
+
+
+@dataclass(frozen=True)
+class _ColdStart:
+    """Step 1: the spawn (monotonic and wall clock) and the first 2xx (``_first_success``)."""
+
+    spawned: float
+    spawned_wall: float
+    first: dict[str, Any]
+
+    @property
+    def seconds(self) -> float:
+        return float(self.first["at"]) - self.spawned
+
+
+@dataclass(frozen=True)
+class _Warm:
+    """Step 2: 2xx and failed answers, the window, and the CPU of the function and emulator."""
+
+    ok: int
+    failed: int
+    elapsed: float
+    function_cpu: float
+    emulator_cpu: float
+
+
+def _cold_start(variant: Variant, server: FunctionServer, path: str, body: bytes) -> _ColdStart:
+    """Spawn the function and push ``body`` until the first 2xx (the poller runs meanwhile)."""
     first: dict[str, Any] = {}
     poller = threading.Thread(
         target=_first_success,
-        args=(
-            server.port,
-            path,
-            bodies[0],
-            time.perf_counter() + COLD_START_TIMEOUT_SECONDS,
-            first,
-        ),
+        args=(server.port, path, body, time.perf_counter() + COLD_START_TIMEOUT_SECONDS, first),
         daemon=True,
     )
     try:
@@ -398,74 +436,102 @@ def measure_variant(
         with on_function_cpus():
             server.start()
         poller.join(COLD_START_TIMEOUT_SECONDS)
-        if "at" not in first:
-            raise RuntimeError(
-                f"{variant.name}: no 2xx within {COLD_START_TIMEOUT_SECONDS}s "
-                f"(last status {first.get('last_status')}); see {server.log_path}"
-            )
-        cold_start = first["at"] - spawned
-
-        push_for(server.port, path, bodies, sizes.concurrency, sizes.warmup_seconds)
-        assert server.process is not None
-        cpu_before = (
-            cpu_seconds_of_group(server.process.pid),
-            cpu_seconds_of_group(emulator_group),
-        )
-        ok, failed, elapsed = push_for(
-            server.port, path, bodies, sizes.concurrency, sizes.warm_seconds
-        )
-        function_cpu = cpu_seconds_of_group(server.process.pid) - cpu_before[0]
-        emulator_cpu = cpu_seconds_of_group(emulator_group) - cpu_before[1]
-
-        pusher = Pusher(server.port, path)
-        _control(pusher, "reset")
-        for body in bodies[: sizes.cpu_messages]:
-            if not 200 <= pusher.post(body) < 300:
-                raise RuntimeError(f"{variant.name}: a CPU-phase push failed")
-        dump_path = log_dir / f"{variant.name}-round{round_index}-probe.json"
-        report = _dump(pusher, dump_path)
-        assert server.process is not None
-        pss, rss, processes = memory_of_group(server.process.pid)
-
-        batch_e2e: list[float] = []
-        batch_wall: list[float] = []
-        if variant.takes_batches and batches:
-            _control(pusher, "reset")
-            for batch in batches:
-                body = push_body(json.dumps(batch).encode())
-                began = time.perf_counter()
-                if not 200 <= pusher.post(body) < 300:
-                    raise RuntimeError(f"{variant.name}: a batch push failed")
-                batch_e2e.append((time.perf_counter() - began) * 1000)
-            batch_report = _dump(pusher, dump_path.with_suffix(".batch.json"))
-            batch_wall = [wall * 1000 for wall, _cpu, _thread in batch_report["records"]]
-        pusher.close()
     finally:
-        server.stop()
         poller.join(1.0)
+    if "at" not in first:
+        raise RuntimeError(
+            f"{variant.name}: no 2xx within {COLD_START_TIMEOUT_SECONDS}s "
+            f"(last status {first.get('last_status')}); see {server.log_path}"
+        )
+    return _ColdStart(spawned, spawned_wall, first)
 
-    records = report["records"]
+
+def _warm_phase(
+    server: FunctionServer,
+    path: str,
+    bodies: Sequence[bytes],
+    sizes: Sizes,
+    emulator_group: int | None,
+) -> _Warm:
+    """A warm-up, then ``sizes.warm_seconds`` of pushes, the CPU read around them."""
+    push_for(server.port, path, bodies, sizes.concurrency, sizes.warmup_seconds)
+    assert server.process is not None
+    group = server.process.pid
+    cpu_before = (cpu_seconds_of_group(group), cpu_seconds_of_group(emulator_group))
+    ok, failed, elapsed = push_for(server.port, path, bodies, sizes.concurrency, sizes.warm_seconds)
+    return _Warm(
+        ok,
+        failed,
+        elapsed,
+        function_cpu=cpu_seconds_of_group(group) - cpu_before[0],
+        emulator_cpu=cpu_seconds_of_group(emulator_group) - cpu_before[1],
+    )
+
+
+def _cpu_phase(
+    variant: Variant, pusher: Pusher, bodies: Sequence[bytes], dump_path: Path
+) -> dict[str, Any]:
+    """Step 3: the messages one at a time, the probe's records reset before and dumped after."""
+    _control(pusher, "reset")
+    for body in bodies:
+        if not 200 <= pusher.post(body) < 300:
+            raise RuntimeError(f"{variant.name}: a CPU-phase push failed")
+    return _dump(pusher, dump_path)
+
+
+def _batch_phase(
+    variant: Variant, pusher: Pusher, batches: Sequence[list[dict[str, Any]]], dump_path: Path
+) -> tuple[list[float], list[float]]:
+    """Step 5: (end-to-end ms, in-function wall ms) of each 1,000-ride message."""
+    _control(pusher, "reset")
+    batch_e2e = []
+    for batch in batches:
+        body = push_body(json.dumps(batch).encode())
+        began = time.perf_counter()
+        if not 200 <= pusher.post(body) < 300:
+            raise RuntimeError(f"{variant.name}: a batch push failed")
+        batch_e2e.append((time.perf_counter() - began) * 1000)
+    batch_report = _dump(pusher, dump_path.with_suffix(".batch.json"))
+    return batch_e2e, [wall * 1000 for wall, _cpu, _thread in batch_report["records"]]
+
+
+def _timeline(report: dict[str, Any], cold: _ColdStart) -> dict[str, float]:
+    """The cold start's steps, in seconds after the spawn (wall clocks of two processes on one
+    host)."""
     first_call = report["first_call"]
-    timeline = {
-        # All relative to the spawn, in seconds (wall clocks of two processes on one host).
-        "framework_imported": report["framework_imported"] - spawned_wall,
-        "variant_imported": report["variant_imported"] - spawned_wall,
-        "first_call_start": first_call.get("start", 0.0) - spawned_wall,
-        "first_call_end": first_call.get("end", 0.0) - spawned_wall,
-        "first_2xx": first["wall_at"] - spawned_wall,
+    return {
+        "framework_imported": report["framework_imported"] - cold.spawned_wall,
+        "variant_imported": report["variant_imported"] - cold.spawned_wall,
+        "first_call_start": first_call.get("start", 0.0) - cold.spawned_wall,
+        "first_call_end": first_call.get("end", 0.0) - cold.spawned_wall,
+        "first_2xx": cold.first["wall_at"] - cold.spawned_wall,
     }
+
+
+def _round_result(
+    variant: Variant,
+    round_index: int,
+    cold: _ColdStart,
+    warm: _Warm,
+    report: dict[str, Any],
+    memory: tuple[int, int, int],
+    batch_wall: list[float],
+    batch_e2e: list[float],
+) -> RoundResult:
+    records = report["records"]
+    pss, rss, processes = memory
     return RoundResult(
         variant=variant.name,
         round=round_index,
-        cold_start_s=cold_start,
-        cold_start_attempts=first["attempts"],
-        timeline=timeline,
-        warm_messages=ok,
-        warm_errors=failed,
-        warm_seconds=elapsed,
-        warm_msgs_per_s=ok / elapsed,
-        warm_function_cpu_ms=function_cpu * 1000 / max(ok, 1),
-        warm_emulator_cpu_ms=emulator_cpu * 1000 / max(ok, 1),
+        cold_start_s=cold.seconds,
+        cold_start_attempts=cold.first["attempts"],
+        timeline=_timeline(report, cold),
+        warm_messages=warm.ok,
+        warm_errors=warm.failed,
+        warm_seconds=warm.elapsed,
+        warm_msgs_per_s=warm.ok / warm.elapsed,
+        warm_function_cpu_ms=warm.function_cpu * 1000 / max(warm.ok, 1),
+        warm_emulator_cpu_ms=warm.emulator_cpu * 1000 / max(warm.ok, 1),
         cpu_ms=[cpu * 1000 for _wall, cpu, _thread in records],
         thread_cpu_ms=[thread * 1000 for _wall, _cpu, thread in records],
         wall_ms=[wall * 1000 for wall, _cpu, _thread in records],

@@ -14,15 +14,12 @@ Each lever is timed in isolation, ``--rounds`` times interleaved, and reported a
   with the project's ``publisher.PubSubPublisher``;
 * ``log_line_us``: one per-message JSON log line of ``main`` (written to /dev/null);
 * ``contract_us``: decoding and validating one ride's message and a 1,000-ride message, and
-  building and encoding 1,000 output messages, with ``features`` (msgspec) and with the code
-  before issue 12 (``bench/variants/contract_before.py``), next to ``json.dumps``;
+  building and encoding 1,000 output messages, with ``ride_predictor.messages`` (msgspec), next to
+  ``json.dumps``;
 * ``handler``: ``main.PredictionService.handle`` in process for one ride and for 1,000-ride
   messages with an in-memory publisher (decode, validate, predict, build every output
-  message: all but the network), then with the real publisher (emulator); the same for the
-  handler before issue 12 (``bench/variants/contract_before.py``: the hand-written parser,
-  validation and output JSON), interleaved, so that the typed schemas' gain is measured in
-  the same run; and, with the emulator, 1,000-ride messages end to end (POST to 2xx) through
-  functions-framework serving each of the two.
+  message: all but the network), then with the real publisher (emulator); and, with the
+  emulator, 1,000-ride messages end to end (POST to 2xx) through functions-framework.
 """
 
 from __future__ import annotations
@@ -43,20 +40,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import features
 import main
 from bench.harness import PROBE, Pusher, on_other_cpus, push_body
-from bench.variants import contract_before
 from devstack.function_server import FunctionServer
-from model_loader import ModelLoader, load_model
-from publisher import OutgoingMessage, PubSubPublisher
-from settings import DEFAULT_MODEL_NAME
+from ride_predictor.loaders import load_model
+from ride_predictor.messages import (
+    build_prediction_message,
+    decode_message,
+    encode_message,
+    prepare_features,
+)
+from ride_predictor.model_holder import ModelHolder
+from ride_predictor.publisher import OutgoingMessage, PubSubPublisher
+from ride_predictor.settings import DEFAULT_MODEL_NAME
 
 TOPIC = "ride-predictions"
-# Suffix of the figures of the handler as it was before issue 12 (the typed schemas).
-BEFORE = ", before issue 12"
-# The function as deployed and the copy from before issue 12, as functions-framework serves them.
-END_TO_END_VARIANTS = {"": "main", BEFORE: "contract_before"}
+# The function as deployed, as functions-framework serves it (suffix of its figures: none).
+END_TO_END_VARIANTS = {"": "main"}
 
 
 class NullPublisher:
@@ -161,7 +161,7 @@ def predict_levers(
     tutorial = mlflow.pyfunc.load_model(str(tutorial_dir))
     flavour = mlflow.sklearn.load_model(str(model_dir))
     project = load_model(str(model_dir), "m", None)
-    rows = [features.prepare_features(ride["ride"]) for ride in rides(1000, seed=3)]
+    rows = [prepare_features(ride["ride"]) for ride in rides(1000, seed=3)]
     one = rows[:1]
 
     def fast_config(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -231,12 +231,11 @@ def publish_levers(rounds: int, calls: int) -> dict[str, list[float]]:
 
 def handler_levers(model_dir: Path, rounds: int, calls: int, real_publish: bool) -> dict[str, Any]:
     """``PredictionService.handle`` in process: µs per single-ride message, ms per 1,000 rides."""
-    loader = ModelLoader(str(model_dir), DEFAULT_MODEL_NAME)
+    loader = ModelHolder(str(model_dir), DEFAULT_MODEL_NAME)
     loader.get()
     settings = main.Settings(model_uri=str(model_dir), project_id=os.environ["PROJECT_ID"])
     services: dict[str, Any] = {
         "no network": main.PredictionService(settings, loader, NullPublisher()),
-        f"no network{BEFORE}": contract_before.PredictionService(settings, loader, NullPublisher()),
     }
     if real_publish:
         services["publish to the emulator"] = main.PredictionService(
@@ -319,43 +318,23 @@ def batch_end_to_end(
 
 
 def contract_levers(rounds: int, calls: int) -> dict[str, list[float]]:
-    """CPU µs of the message contract's own work, msgspec against the code before issue 12."""
+    """CPU µs of the message contract's own work (msgspec), next to ``json.dumps``."""
     single = json.dumps(rides(1, seed=7)[0]).encode()
     batch = json.dumps(rides(1000, seed=8)).encode()
     name, version = DEFAULT_MODEL_NAME, "v" * 32
-    prefix = contract_before.model_constants(
-        contract_before.LoadedModel(name, version, "", "", lambda rows: rows)
-    )
-    dicts = [contract_before.build_prediction_message(name, version, i, 17.6) for i in range(1000)]
+    dicts = [
+        {"model": name, "version": version, "prediction": {"ride_duration": 18, "ride_id": i}}
+        for i in range(1000)
+    ]
 
-    def before_decode(data: bytes) -> Any:
-        payload = contract_before.parse_payload(data, 1 << 20)
-        if isinstance(payload, list):
-            return [contract_before.validate_ride_event(event) for event in payload]
-        return contract_before.validate_ride_event(payload)
-
-    def before_encode() -> list[bytes]:
-        messages = [
-            contract_before.build_prediction_message(name, version, i, 17.6) for i in range(1000)
-        ]
-        return [
-            contract_before.encode_prediction(
-                prefix, m["prediction"]["ride_duration"], m["prediction"]["ride_id"]
-            )
-            for m in messages
-        ]
-
-    def after_encode() -> list[bytes]:
-        messages = [features.build_prediction_message(name, version, i, 17.6) for i in range(1000)]
-        return [features.encode_message(message) for message in messages]
+    def encode() -> list[bytes]:
+        outputs = [build_prediction_message(name, version, i, 17.6) for i in range(1000)]
+        return [encode_message(output) for output in outputs]
 
     cases: dict[str, Callable[[], Any]] = {
-        "decode + validate, 1 ride, before issue 12": lambda: before_decode(single),
-        "decode + validate, 1 ride, msgspec": lambda: features.decode_message(single, 1 << 20),
-        "decode + validate, 1000 rides, before issue 12": lambda: before_decode(batch),
-        "decode + validate, 1000 rides, msgspec": lambda: features.decode_message(batch, 1 << 20),
-        "build + encode 1000 outputs, before issue 12 (prefix)": before_encode,
-        "build + encode 1000 outputs, msgspec": after_encode,
+        "decode + validate, 1 ride, msgspec": lambda: decode_message(single, 1 << 20),
+        "decode + validate, 1000 rides, msgspec": lambda: decode_message(batch, 1 << 20),
+        "build + encode 1000 outputs, msgspec": encode,
         "json.dumps of 1000 output dicts": lambda: [json.dumps(m).encode() for m in dicts],
     }
     results: dict[str, list[float]] = {name: [] for name in cases}

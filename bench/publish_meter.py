@@ -1,6 +1,6 @@
 """What the function sends per Publish RPC, measured inside its process (bench only).
 
-``install()`` wraps ``google.pubsub_v1.PublisherClient.publish`` (the one call ``publisher.py``
+``install()`` wraps ``google.pubsub_v1.PublisherClient.publish`` (the one call the publisher
 makes per RPC) so that ``METER`` keeps every request, by reference, as it is sent; nothing is
 computed on the request's path. ``Meter.histogram()`` measures them afterwards: per number of
 messages in an RPC, how many RPCs carried that many, the bytes Pub/Sub's pricing counts of their
@@ -69,7 +69,7 @@ def install(client_class: Any = None, meter: Meter = METER) -> None:
         return
 
     def publish(self: Any, request: Any = None, **kwargs: Any) -> Any:
-        if request is not None:  # flattened fields: not how publisher.py calls it
+        if request is not None:  # flattened fields: not how ride_predictor.publisher calls it
             meter.record(request)
         return original(self, request=request, **kwargs)
 

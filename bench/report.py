@@ -289,7 +289,6 @@ def _lever_lines(levers: dict[str, Any]) -> list[str]:
         lines += ["| `PredictionService.handle` in process | |", "|---|---:|"]
         lines += [f"| {name} | {_fmt(value, 2)} |" for name, value in levers["handler"].items()]
         lines.append("")
-        lines += _before_after_lines(levers["handler"])
     if "contract_us" in levers:
         lines += ["| the message contract's own work | CPU (µs per call) |", "|---|---:|"]
         lines += [f"| {name} | {_fmt(us, 1)} |" for name, us in levers["contract_us"].items()]
@@ -298,33 +297,6 @@ def _lever_lines(levers: dict[str, Any]) -> list[str]:
         cost = _fmt(levers["log_line_us"], 1)
         lines.append(f"One per-message JSON log line costs {cost} µs CPU.")
     return lines
-
-
-# (row, the handler lever's key, whether the figure is a 1,000-ride message's ms, as rides/s)
-BEFORE_AFTER_ROWS = (
-    ("single-ride handler, no network: CPU (µs)", "1 ride, no network{}: CPU µs", False),
-    ("1,000-ride message in process (rides/s)", "1000 rides, no network{}: wall ms", True),
-    (
-        "1,000-ride message end to end (rides/s)",
-        "1000 rides, end to end (functions-framework, emulator){}: wall ms",
-        True,
-    ),
-)
-
-
-def _before_after_lines(handler: dict[str, float]) -> list[str]:
-    """Issue 12's typed schemas against the handler before them (bench/variants/contract_before)."""
-    lines = [
-        "| typed schemas (issue 12), same run | before | after | after ÷ before |",
-        "|---|---:|---:|---:|",
-    ]
-    for label, key, per_batch in BEFORE_AFTER_ROWS:
-        before = handler.get(key.format(", before issue 12"), float("nan"))
-        after = handler.get(key.format(""), float("nan"))
-        if per_batch:
-            before, after = 1000 / (before / 1000), 1000 / (after / 1000)
-        lines.append(f"| {label} | {_fmt(before, 1)} | {_fmt(after, 1)} | {_fmt(after / before)} |")
-    return [*lines, ""]
 
 
 def _round_lines(raw: dict[str, Any], names: Sequence[str]) -> list[str]:
@@ -363,24 +335,68 @@ def plot(raw: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
         f"Ride-duration function vs the tutorial's (medians of {raw['meta']['rounds']} rounds; "
         "dots: each round)"
     )
+    _cold_start_panel(axes[0][0], variants, names)
+    _bars(
+        axes[0][1],
+        "warm throughput, msg/s (8 pushers)",
+        raw,
+        variants,
+        names,
+        lambda r: r["warm_msgs_per_s"],
+        "warm_msgs_per_s",
+    )
+    _bars(
+        axes[0][2],
+        "memory: PSS, MiB",
+        raw,
+        variants,
+        names,
+        lambda r: r["pss_bytes"] / MIB,
+        "pss_mib",
+    )
+    _cpu_panel(axes[1][0], variants, names)
+    _batch_panel(axes[1][1], summary)
+    _timeline_panel(axes[1][2], variants, names)
+    for row in axes:
+        for axis in row:
+            axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
 
-    def bars(axis: Any, title: str, fn: Callable[[dict[str, Any]], float], key: str) -> None:
-        for index, name in enumerate(names):
-            axis.bar(index, variants[name][key], color=COLORS[name])
-            points = _per_round(raw, name, fn)
-            axis.scatter([index] * len(points), points, color="black", s=10, zorder=3)
-            axis.annotate(
-                _fmt(variants[name][key]),
-                (index, variants[name][key]),
-                ha="center",
-                va="bottom",
-                fontsize=9,
-            )
-        axis.set_xticks(range(len(names)), names)
-        axis.set_title(title)
 
-    axis = axes[0][0]
-    width = 0.38
+# Width of one of two bars side by side, per variant.
+_HALF_WIDTH = 0.38
+
+
+def _bars(
+    axis: Any,
+    title: str,
+    raw: dict[str, Any],
+    variants: dict[str, Any],
+    names: list[str],
+    fn: Callable[[dict[str, Any]], float],
+    key: str,
+) -> None:
+    """One bar per variant (its median), a dot per round, the median written on top."""
+    for index, name in enumerate(names):
+        axis.bar(index, variants[name][key], color=COLORS[name])
+        points = _per_round(raw, name, fn)
+        axis.scatter([index] * len(points), points, color="black", s=10, zorder=3)
+        axis.annotate(
+            _fmt(variants[name][key]),
+            (index, variants[name][key]),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
+    axis.set_xticks(range(len(names)), names)
+    axis.set_title(title)
+
+
+def _cold_start_panel(axis: Any, variants: dict[str, Any], names: list[str]) -> None:
+    """Cold start (solid) beside the bare import (hatched), and their ratio."""
+    width = _HALF_WIDTH
     for index, name in enumerate(names):
         axis.bar(index - width / 2, variants[name]["cold_start_s"], width, color=COLORS[name])
         axis.bar(
@@ -401,15 +417,10 @@ def plot(raw: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
     axis.set_xticks(range(len(names)), names)
     axis.set_title("cold start (solid) vs bare import (hatched), s")
 
-    bars(
-        axes[0][1],
-        "warm throughput, msg/s (8 pushers)",
-        lambda r: r["warm_msgs_per_s"],
-        "warm_msgs_per_s",
-    )
-    bars(axes[0][2], "memory: PSS, MiB", lambda r: r["pss_bytes"] / MIB, "pss_mib")
 
-    axis = axes[1][0]
+def _cpu_panel(axis: Any, variants: dict[str, Any], names: list[str]) -> None:
+    """In-process CPU per message: p50 solid, p99 light."""
+    width = _HALF_WIDTH
     for index, name in enumerate(names):
         axis.bar(index - width / 2, variants[name]["cpu_p50_ms"], width, color=COLORS[name])
         axis.bar(
@@ -418,8 +429,10 @@ def plot(raw: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
     axis.set_xticks(range(len(names)), names)
     axis.set_title("in-process CPU per message, ms (p50 solid, p99 light)")
 
-    axis = axes[1][1]
-    project = variants.get("project", {})
+
+def _batch_panel(axis: Any, summary: dict[str, Any]) -> None:
+    """The project's 1,000-ride messages: rides/s in process, in the function, end to end."""
+    project = summary["variants"].get("project", {})
     rates = {
         "in process": summary["batch_in_process_rides_per_s"],
         "in the function": project.get("batch_in_function_rides_per_s", float("nan")),
@@ -432,7 +445,9 @@ def plot(raw: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
     axis.set_xticks(range(len(rates)), list(rates))
     axis.set_title("project, 1,000-ride messages: rides/s\n(dashed: the 100,000 target)")
 
-    axis = axes[1][2]
+
+def _timeline_panel(axis: Any, variants: dict[str, Any], names: list[str]) -> None:
+    """The cold start's steps as stacked horizontal bars, one per variant."""
     steps = ("framework_imported", "variant_imported", "first_call_start", "first_call_end")
     for index, name in enumerate(names):
         timeline = variants[name]["timeline_s"]
@@ -453,9 +468,3 @@ def plot(raw: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
         "cold start timeline, s (light to dark: framework\n"
         "import, module import, to 1st request, 1st request)"
     )
-    for row in axes:
-        for axis in row:
-            axis.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)

@@ -6,7 +6,7 @@
 * ``log_line_sizes``: the function's own log, per kind of line it writes per message (a
   single-ride message's "prediction published" line, a batch's), counted in the function's log
   file after a run.
-* ``dead_letter_payload_bytes``: the dead letter ``main.dead_letter_message`` builds for one
+* ``dead_letter_payload_bytes``: the dead letter ``dead_letters.dead_letter_message`` builds for one
   rejected single-ride message (what the function publishes to the dead-letter topic).
 * ``log_entry_envelope_bytes`` and ``request_log_entry_bytes``: *estimates*, not measurements
   (no GCP here): the JSON of a representative Cloud Logging entry as Cloud Run writes it around
@@ -84,18 +84,20 @@ def merge_log_sizes(runs: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str
 def dead_letter_payload_bytes(push_body: bytes) -> int:
     """Data plus attribute bytes of the dead letter the function publishes when it rejects the
     single-ride message of ``push_body`` with one ride field made invalid."""
-    import main
-    from features import InvalidRideError, decode_message
+    from ride_predictor.dead_letters import dead_letter_message
+    from ride_predictor.envelope import pubsub_message
+    from ride_predictor.errors import InvalidRideError
+    from ride_predictor.messages import decode_message
 
     event = json.loads(push_body)
-    message = main._pubsub_message(event, "")
+    message = pubsub_message(event, "")
     ride = json.loads(base64.b64decode(message.data))
     ride["ride"]["PULocationID"] = 0  # out of range: a typical rejection
     raw = json.dumps(ride).encode()
     try:
         decode_message(raw, len(raw) + 1)
     except InvalidRideError as error:
-        letter = main.dead_letter_message(message, raw, error, len(raw) + 1)
+        letter = dead_letter_message(message, raw, error, len(raw) + 1)
     else:
         raise AssertionError("the invalid ride was accepted")
     return len(letter.data) + sum(

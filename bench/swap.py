@@ -2,7 +2,7 @@
 
 In one process, as on one Cloud Functions instance: ``--threads`` request threads call
 ``main.PredictionService.handle`` (one ride per message, in-memory publisher: everything but the
-network) as fast as they can, while a ``ModelLoader`` following an alias swaps between two models
+network) as fast as they can, while a ``ModelHolder`` following an alias swaps between two models
 of the bench's size (trained with the project's own command) every ``--period`` seconds. Each
 request's latency is recorded with the time it started; requests that overlap a refresh (from
 the resolution to the end of the collection that frees the old model) form the *swap* window,
@@ -46,61 +46,98 @@ def train(work_dir: Path, rides: int, zones: int, seed: int) -> Path:
     return target
 
 
+class SwappingHolder:
+    """The model holder as deployed, following an alias that the test flips between two model
+    directories, each refresh timed (``windows``) and each swap's duration kept (``swap_ms``)."""
+
+    def __init__(self, name: str, model_dirs: dict[str, Path], period: float) -> None:
+        from ride_predictor.background import PeriodicWork
+        from ride_predictor.model_holder import ModelHolder
+
+        self.variant = name
+        self.model_dirs = model_dirs
+        self.version = "1"
+        self.windows: list[tuple[float, float]] = []
+        self.swap_ms: list[float] = []
+        self.holder = ModelHolder(
+            "models:/bench@champion", "m", refresh_seconds=period, load=self.load,
+            resolve=lambda uri: self.version,
+        )  # fmt: skip
+        self._refresh = self.holder._refresh
+        # The same periodic work, timed: what the service starts after a message once it is due.
+        self.holder.refresh_work = PeriodicWork("model-refresh", self.timed_refresh, period)
+
+    def load(self, uri: str, model_name: str, override: str | None) -> Any:
+        from ride_predictor.loaders import LoadedModel, load_model
+
+        version = uri.rsplit("/", 1)[1]
+        if self.variant == "nice":  # the refresh thread (which calls this) at the lowest priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        loaded = load_model(str(self.model_dirs[version]), model_name, None)
+        return LoadedModel(loaded.name, version, uri, loaded.flavor, loaded.predict)
+
+    def timed_refresh(self) -> None:
+        before = self.holder.get().version  # not the model: the swap waits for its release
+        started = time.perf_counter()
+        self._refresh()
+        ended = time.perf_counter()
+        self.windows.append((started, ended))
+        if self.holder.get().version != before:
+            self.swap_ms.append(round((ended - started) * 1000, 1))
+
+    def flip(self, stop: threading.Event, period: float) -> None:
+        """Move the alias to the other version every ``period`` until ``stop``."""
+        while not stop.wait(period):
+            self.version = "2" if self.version == "1" else "1"
+
+
+class NullPublisher:
+    """Accepts every message and does nothing: everything but the network."""
+
+    def publish(self, topic: str, messages: Any) -> list[str]:
+        return [""] * len(messages)
+
+
 def run_variant(
     name: str, model_dirs: dict[str, Path], threads: int, seconds: float, period: float
 ) -> dict[str, Any]:
     """Serve requests on ``threads`` threads for ``seconds`` while the alias flips every
     ``period``; return the windows' throughput and latency."""
     import main
-    from model_loader import LoadedModel, ModelLoader, load_model
 
-    state = {"version": "1"}
-    refresh_windows: list[tuple[float, float]] = []
-    swap_load_ms: list[float] = []
-
-    def load(uri: str, model_name: str, override: str | None) -> LoadedModel:
-        version = uri.rsplit("/", 1)[1]
-        if name == "nice":  # the refresh thread (which calls this) at the lowest priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        loaded = load_model(str(model_dirs[version]), model_name, None)
-        return LoadedModel(loaded.name, version, uri, loaded.flavor, loaded.predict)
-
-    def resolve(uri: str) -> str:
-        return state["version"]
-
-    loader = ModelLoader(
-        "models:/bench@champion", "m", refresh_seconds=period, load=load, resolve=resolve
-    )
-    original_refresh = loader._refresh
-
-    def timed_refresh() -> None:
-        before = loader.get().version  # not the model itself: the swap waits for its release
-        started = time.perf_counter()
-        original_refresh()
-        ended = time.perf_counter()
-        refresh_windows.append((started, ended))
-        if loader.get().version != before:
-            swap_load_ms.append(round((ended - started) * 1000, 1))
-
-    loader._refresh = timed_refresh  # type: ignore[method-assign]
+    swapping = SwappingHolder(name, model_dirs, period)
     # The per-message log line at DEBUG, below the logger's level: not written, as in levers.
     settings = main.Settings(
-        model_uri=loader.model_uri, project_id="bench", model_name="m", message_log_level="DEBUG"
-    )
+        model_uri=swapping.holder.model_uri, project_id="bench", model_name="m",
+        message_log_level="DEBUG",
+    )  # fmt: skip
+    service = main.PredictionService(settings, swapping.holder, NullPublisher())
+    swapping.holder.get()
+    samples, failures, begin, end = serve(service, swapping, threads, seconds, period)
+    while swapping.holder.refreshing:  # let the last refresh end before the next variant
+        time.sleep(0.01)
+    return {
+        "variant": name,
+        "refreshes": len(swapping.windows),
+        "swaps": len(swapping.swap_ms),
+        "swap_ms": swapping.swap_ms,  # each swap's refresh, from resolution to collection
+        "failed_requests": len(failures),
+        **split_windows(samples, swapping.windows, begin, end),
+    }
 
-    class NullPublisher:
-        def publish(self, topic: str, messages: Any) -> list[str]:
-            return [""] * len(messages)
 
-    service = main.PredictionService(settings, loader, NullPublisher())
-    loader.get()
+def serve(
+    service: Any, swapping: SwappingHolder, threads: int, seconds: float, period: float
+) -> tuple[list[tuple[float, float]], list[str], float, float]:
+    """``threads`` request threads as fast as they can, and the alias flipping, for ``seconds``:
+    (start, latency) of every request, the failures, and when the run began and ended."""
     ride = {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 1}
     event = {"message": {"data": base64.b64encode(json.dumps(ride).encode()).decode()}}
     samples: list[tuple[float, float]] = []
     failures: list[str] = []
     stop = threading.Event()
 
-    def serve() -> None:
+    def request_thread() -> None:
         local: list[tuple[float, float]] = []
         while not stop.is_set():
             started = time.perf_counter()
@@ -111,22 +148,25 @@ def run_variant(
             local.append((started, time.perf_counter() - started))
         samples.extend(local)
 
-    def flip() -> None:
-        while not stop.wait(period):
-            state["version"] = "2" if state["version"] == "1" else "1"
-
-    workers = [threading.Thread(target=serve) for _ in range(threads)]
-    flipper = threading.Thread(target=flip)
+    workers = [threading.Thread(target=request_thread) for _ in range(threads)]
+    workers.append(threading.Thread(target=swapping.flip, args=(stop, period)))
     begin = time.perf_counter()
-    for worker in [*workers, flipper]:
+    for worker in workers:
         worker.start()
     stop.wait(seconds)
     stop.set()
-    for worker in [*workers, flipper]:
+    for worker in workers:
         worker.join()
-    end = time.perf_counter()
-    while loader.refreshing:  # let the last refresh end before the next variant
-        time.sleep(0.01)
+    return samples, failures, begin, time.perf_counter()
+
+
+def split_windows(
+    samples: list[tuple[float, float]],
+    refresh_windows: list[tuple[float, float]],
+    begin: float,
+    end: float,
+) -> dict[str, Any]:
+    """The requests that overlap a refresh (the *swap* window) and the rest (*steady*)."""
 
     def in_swap(started: float, latency: float) -> bool:
         return any(s <= started + latency and started <= e for s, e in refresh_windows)
@@ -134,26 +174,22 @@ def run_variant(
     swap = [latency for started, latency in samples if in_swap(started, latency)]
     steady = [latency for started, latency in samples if not in_swap(started, latency)]
     swap_seconds = sum(min(e, end) - max(s, begin) for s, e in refresh_windows)
-
-    def window(latencies: list[float], window_seconds: float) -> dict[str, float]:
-        ordered = sorted(latencies)
-        return {
-            "messages": len(ordered),
-            "msgs_per_s": round(len(ordered) / window_seconds, 1) if window_seconds else 0.0,
-            "p50_ms": round(statistics.median(ordered) * 1000, 3) if ordered else 0.0,
-            "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 3) if ordered else 0.0,
-            "max_ms": round(ordered[-1] * 1000, 3) if ordered else 0.0,
-        }
-
     return {
-        "variant": name,
-        "refreshes": len(refresh_windows),
-        "swaps": len(swap_load_ms),
-        "swap_ms": swap_load_ms,  # each swap's refresh, from resolution to collection
         "swap_window_s": round(swap_seconds, 2),
-        "failed_requests": len(failures),
         "steady": window(steady, end - begin - swap_seconds),
         "swap": window(swap, swap_seconds),
+    }
+
+
+def window(latencies: list[float], window_seconds: float) -> dict[str, float]:
+    """Messages, throughput and latency percentiles of one window."""
+    ordered = sorted(latencies)
+    return {
+        "messages": len(ordered),
+        "msgs_per_s": round(len(ordered) / window_seconds, 1) if window_seconds else 0.0,
+        "p50_ms": round(statistics.median(ordered) * 1000, 3) if ordered else 0.0,
+        "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 3) if ordered else 0.0,
+        "max_ms": round(ordered[-1] * 1000, 3) if ordered else 0.0,
     }
 
 
@@ -162,7 +198,8 @@ def stages(model_dirs: dict[str, Path], rounds: int = 3) -> dict[str, float]:
     the GIL (C code: the unpickling, the collection), except the fast-path check (Python)."""
     import gc
 
-    from model_loader import _load_directly, load_model, sklearn_predictor
+    from ride_predictor.fast_path import sklearn_predictor
+    from ride_predictor.loaders import _load_directly, load_model
 
     load_model(str(model_dirs["1"]), "m", None)
     gc.freeze()

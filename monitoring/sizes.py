@@ -24,9 +24,11 @@ from typing import Any
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 
 import main
-import telemetry
-from model_loader import LoadedModel, ModelLoader
-from publisher import OutgoingMessage
+from ride_predictor import telemetry
+from ride_predictor.json_logging import CloudLoggingFormatter
+from ride_predictor.loaders import LoadedModel
+from ride_predictor.model_holder import ModelHolder
+from ride_predictor.publisher import OutgoingMessage
 
 # What Cloud Logging adds around a Cloud Run stdout line (logName, resource with its four
 # labels, timestamps, insertId, the instanceId label): a representative LogEntry, for its size.
@@ -82,7 +84,7 @@ def _lines_of_a_run() -> tuple[list[dict[str, Any]], list[bytes], _KeepingPublis
     )
     service = main.PredictionService(
         settings,
-        ModelLoader("x", "m", load=lambda *_: model),
+        ModelHolder("x", "m", load=lambda *_: model),
         publisher,
         counts,
     )
@@ -93,7 +95,7 @@ def _lines_of_a_run() -> tuple[list[dict[str, Any]], list[bytes], _KeepingPublis
             texts.append(self.format(record).encode())
 
     handler = Keep()
-    handler.setFormatter(main.CloudLoggingFormatter())
+    handler.setFormatter(CloudLoggingFormatter())
     function_logger = logging.getLogger("ride_predictor")
     stdout_handlers = list(function_logger.handlers)
     for stdout_handler in stdout_handlers:

@@ -1,8 +1,9 @@
 """``python -m schemas.generate`` (``make schemas``): write the contract's JSON Schemas.
 
-Both files are generated from the declarations in ``features.py``, the ones the function decodes
-and encodes with, so they cannot drift from it: ``tests/test_schemas.py`` fails when a committed
-file differs from what this module writes, and checks the schemas against the decoder.
+Both files are generated from the declarations in ``ride_predictor/messages.py``, the ones the
+function decodes and encodes with, so they cannot drift from it: ``tests/test_schemas.py`` fails
+when a committed file differs from what this module writes, and checks the schemas against the
+decoder.
 
 The prediction log's BigQuery table schema (``monitoring/prediction-log.bigquery.json``) comes
 from the same declaration of the output message; ``tests/test_monitoring_files.py`` checks it.
@@ -17,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-import features
+from ride_predictor import messages
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MONITORING_DIR = SCHEMA_DIR.parent / "monitoring"
@@ -26,19 +27,20 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 RIDE_EVENT_DESCRIPTION = (
     "The data of a message on the function's input topic (Stream A): one ride event, or a "
-    "batch (a non-empty JSON array of ride events). Generated from features.py; docs/design.md "
-    "is the contract. Fields not named here are ignored. The function also rejects what this "
-    "schema cannot express: data over MAX_MESSAGE_BYTES (1 MiB by default) or a batch of more "
-    "than MAX_BATCH_RIDES rides (1000 by default); bytes that are not UTF-8 anywhere in the "
-    "message; NaN and Infinity tokens; a lone surrogate escape (\\ud800 to \\udfff) in any "
-    f"string; arrays and objects nested deeper than {features.MAX_JSON_DEPTH} levels; and an "
+    "batch (a non-empty JSON array of ride events). Generated from ride_predictor/messages.py; "
+    "docs/design.md is the contract. Fields not named here are ignored. The function also "
+    "rejects what this schema cannot express: data over MAX_MESSAGE_BYTES (1 MiB by default) "
+    "or a batch of more than MAX_BATCH_RIDES rides (1000 by default); bytes that are not "
+    "UTF-8 anywhere in the message; NaN and Infinity tokens; a lone surrogate escape (\\ud800 "
+    "to \\udfff) in any "
+    f"string; arrays and objects nested deeper than {messages.MAX_JSON_DEPTH} levels; and an "
     "integer field written with a fraction or an exponent (130.0, 1.3e2), which JSON Schema's "
     "integer type accepts: a producer that writes integers as integers never meets that one."
 )
 PREDICTION_DESCRIPTION = (
     "The data of a message on the function's output topic (Stream B): one per ride, as compact "
-    "UTF-8 JSON with the fields in this order. Generated from features.py; docs/design.md is "
-    "the contract."
+    "UTF-8 JSON with the fields in this order. Generated from ride_predictor/messages.py; "
+    "docs/design.md is the contract."
 )
 
 
@@ -49,7 +51,7 @@ def ride_event_schema() -> dict[str, Any]:
     validator reports what is wrong inside the event (``0 is less than the minimum of 1``)
     rather than that neither alternative matched.
     """
-    generated = msgspec.json.schema(features.RideEvent | features.RideEvents)
+    generated = msgspec.json.schema(messages.RideEvent | messages.RideEvents)
     (batch,) = [option for option in generated["anyOf"] if option.get("type") == "array"]
     (event,) = [option for option in generated["anyOf"] if option is not batch]
     return {
@@ -65,7 +67,7 @@ def ride_event_schema() -> dict[str, Any]:
 
 def prediction_schema() -> dict[str, Any]:
     """The JSON Schema of an output message."""
-    generated = msgspec.json.schema(features.PredictionMessage)
+    generated = msgspec.json.schema(messages.PredictionMessage)
     return {
         "$schema": DIALECT,
         "title": "Prediction message",
@@ -146,7 +148,7 @@ def _bigquery_fields(struct: msgspec.inspect.StructType, prefix: str = "") -> li
 def prediction_log_schema() -> list[dict[str, Any]]:
     """The prediction log table's columns: Pub/Sub's metadata, then the output message's fields
     (what --use-table-schema --write-metadata --drop-unknown-fields writes)."""
-    body = _bigquery_fields(msgspec.inspect.type_info(features.PredictionMessage))
+    body = _bigquery_fields(msgspec.inspect.type_info(messages.PredictionMessage))
     return [*PREDICTION_LOG_METADATA, *body]
 
 

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from cloudevents.http import CloudEvent
 
-import main
 from devstack.emulators import PubSubEmulator, StorageEmulator
 from devstack.function_server import FunctionServer
 from devstack.moto_server import MotoServer
 from devstack.pubsub_admin import PubSubAdmin
 from devstack.storage import storage_client
-from publisher import OutgoingMessage
+from ride_predictor.json_logging import CloudLoggingFormatter
+from ride_predictor.publisher import OutgoingMessage
 from training.dataset import generate_rides
 from training.train import LoggedModel, log_model, split_rides, train
 
@@ -192,7 +192,7 @@ def json_logs() -> Iterator[list[dict[str, Any]]]:
             lines.append(json.loads(self.format(record)))
 
     handler = Collect()
-    handler.setFormatter(main.CloudLoggingFormatter())
+    handler.setFormatter(CloudLoggingFormatter())
     logger = logging.getLogger("ride_predictor")
     logger.addHandler(handler)
     yield lines

@@ -16,9 +16,10 @@ from msgspec.structs import replace
 import lambda_function
 import main
 from kinesis_event import InvalidEventError
-from lambda_logging import JsonLineFormatter
 from lambda_settings import LambdaSettings, MissingSettingError, settings_from_env
-from model_loader import LoadedModel, ModelLoader
+from ride_predictor.json_logging import JsonLineFormatter
+from ride_predictor.loaders import LoadedModel
+from ride_predictor.model_holder import ModelHolder
 from tests.aws_events import (
     SAMPLE_RIDE,
     InMemoryWriter,
@@ -42,9 +43,9 @@ DEAD_LETTER = "ride_dead_letter"
 
 
 @pytest.fixture(scope="module")
-def shared_loader(test_model: ModelFixture) -> ModelLoader:
+def shared_loader(test_model: ModelFixture) -> ModelHolder:
     """One loaded model for the module's tests (loading is tested in test_model_loader)."""
-    loader = ModelLoader(test_model.path, "ride_duration_prediction_model")
+    loader = ModelHolder(test_model.path, "ride_duration_prediction_model")
     loader.get()
     return loader
 
@@ -55,7 +56,7 @@ def writer() -> InMemoryWriter:
 
 
 def make_service(
-    loader: ModelLoader, writer: InMemoryWriter, **settings: Any
+    loader: ModelHolder, writer: InMemoryWriter, **settings: Any
 ) -> lambda_function.KinesisPredictionService:
     return lambda_function.KinesisPredictionService(
         LambdaSettings(model_uri=loader.model_uri, **settings), loader, writer
@@ -64,7 +65,7 @@ def make_service(
 
 @pytest.fixture
 def service(
-    shared_loader: ModelLoader, writer: InMemoryWriter, monkeypatch: pytest.MonkeyPatch
+    shared_loader: ModelHolder, writer: InMemoryWriter, monkeypatch: pytest.MonkeyPatch
 ) -> lambda_function.KinesisPredictionService:
     """The Lambda's service with dead-lettering on, injected into lambda_function."""
     injected = make_service(shared_loader, writer, dead_letter_stream_name=DEAD_LETTER)
@@ -89,7 +90,7 @@ def lambda_logs() -> Iterator[list[dict[str, Any]]]:
     logger.removeHandler(handler)
 
 
-def fixed_model_loader(*predictions: float) -> ModelLoader:
+def fixed_model_holder(*predictions: float) -> ModelHolder:
     """A loader whose model returns ``predictions`` (for cases the real model cannot produce)."""
     model = LoadedModel(
         name="ride_duration_prediction_model",
@@ -98,7 +99,7 @@ def fixed_model_loader(*predictions: float) -> ModelLoader:
         flavor="python_function",
         predict=lambda rows: list(predictions)[: len(rows)],
     )
-    return ModelLoader("memory://fixed", model.name, load=lambda *_: model)
+    return ModelHolder("memory://fixed", model.name, load=lambda *_: model)
 
 
 def test_batch_of_rides_gives_one_record_each_partitioned_by_ride_id(
@@ -123,7 +124,7 @@ def test_batch_of_rides_gives_one_record_each_partitioned_by_ride_id(
 def test_output_is_byte_for_byte_the_cloud_functions_message(
     service: lambda_function.KinesisPredictionService,
     writer: InMemoryWriter,
-    shared_loader: ModelLoader,
+    shared_loader: ModelHolder,
     recording_publisher: RecordingPublisher,
 ) -> None:
     gcp = main.PredictionService(
@@ -195,7 +196,7 @@ def test_dead_letter_data_decodes_back_to_the_original_bytes(
 
 
 def test_without_dead_letter_stream_invalid_records_are_only_logged(
-    shared_loader: ModelLoader, writer: InMemoryWriter, lambda_logs: list[dict[str, Any]]
+    shared_loader: ModelHolder, writer: InMemoryWriter, lambda_logs: list[dict[str, Any]]
 ) -> None:
     service = make_service(shared_loader, writer)
 
@@ -227,7 +228,7 @@ def test_model_load_failure_reports_every_valid_record_and_keeps_invalid_ones_ou
     def broken_load(*_: Any) -> LoadedModel:
         raise OSError("s3 is down")
 
-    loader = ModelLoader("s3://models/ride", "m", load=broken_load)
+    loader = ModelHolder("s3://models/ride", "m", load=broken_load)
     service = make_service(loader, writer, dead_letter_stream_name=DEAD_LETTER)
 
     response = service.handle(kinesis_event(ride(1), b"oops", ride(2)))
@@ -249,11 +250,11 @@ def test_model_loads_on_a_later_invocation_after_a_failure(
         attempts.append(uri)
         if len(attempts) == 1:
             raise OSError("not yet")
-        from model_loader import load_model
+        from ride_predictor.loaders import load_model
 
         return load_model(uri, name, version)
 
-    loader = ModelLoader(test_model.path, "ride_duration_prediction_model", load=flaky_load)
+    loader = ModelHolder(test_model.path, "ride_duration_prediction_model", load=flaky_load)
     service = make_service(loader, writer)
 
     assert service.handle(kinesis_event(SAMPLE_RIDE)) == failures(0)
@@ -293,7 +294,7 @@ def test_failed_dead_letter_write_reports_the_record(
 
 def test_non_finite_prediction_is_dead_lettered_not_retried(writer: InMemoryWriter) -> None:
     service = make_service(
-        fixed_model_loader(math.nan, 7.4), writer, dead_letter_stream_name=DEAD_LETTER
+        fixed_model_holder(math.nan, 7.4), writer, dead_letter_stream_name=DEAD_LETTER
     )
 
     response = service.handle(kinesis_event(ride(1), ride(2)))
@@ -317,7 +318,7 @@ def test_model_that_raises_fails_the_invocation_before_anything_is_written(
         raise RuntimeError("bad model")
 
     model = LoadedModel("m", "1", "memory://x", "python_function", explode)
-    loader = ModelLoader("memory://x", "m", load=lambda *_: model)
+    loader = ModelHolder("memory://x", "m", load=lambda *_: model)
     service = make_service(loader, writer, dead_letter_stream_name=DEAD_LETTER)
 
     with pytest.raises(RuntimeError, match="bad model"):
@@ -326,7 +327,7 @@ def test_model_that_raises_fails_the_invocation_before_anything_is_written(
 
 
 def test_empty_event_answers_without_loading_the_model(writer: InMemoryWriter) -> None:
-    loader = ModelLoader("memory://never", "m", load=lambda *_: pytest.fail("loaded"))
+    loader = ModelHolder("memory://never", "m", load=lambda *_: pytest.fail("loaded"))
     service = make_service(loader, writer)
 
     assert service.handle({"Records": []}) == {"batchItemFailures": []}
@@ -377,7 +378,7 @@ def test_logs_carry_ids_version_and_latency(
 
 
 def test_message_log_level_debug_keeps_per_ride_lines_out_of_info_logs(
-    shared_loader: ModelLoader, writer: InMemoryWriter, lambda_logs: list[dict[str, Any]]
+    shared_loader: ModelHolder, writer: InMemoryWriter, lambda_logs: list[dict[str, Any]]
 ) -> None:
     service = make_service(shared_loader, writer, message_log_level="DEBUG")
 
@@ -441,7 +442,7 @@ def test_handler_builds_its_service_from_the_environment(
 
     assert service is lambda_function.get_service()  # kept for the warm environment
     assert service.settings.predictions_stream_name == "out"
-    assert service.model_loader.loaded is None  # lazy: nothing loaded until a ride arrives
+    assert service.model_holder.loaded is None  # lazy: nothing loaded until a ride arrives
 
 
 def test_handler_without_model_uri_fails_with_a_named_error(
@@ -518,7 +519,7 @@ def test_empty_optional_variables_count_as_unset() -> None:
 def test_oversized_record_data_is_rejected_before_decoding(
     writer: InMemoryWriter, lambda_logs: list[dict[str, Any]]
 ) -> None:
-    service = make_service(fixed_model_loader(1.0), writer, max_message_bytes=64)
+    service = make_service(fixed_model_holder(1.0), writer, max_message_bytes=64)
 
     assert service.handle(kinesis_event(ride("x" * 100))) == {"batchItemFailures": []}
 
@@ -545,7 +546,7 @@ def padded_ride(ride_id: int, size: int) -> bytes:
     ],
 )
 def test_records_up_to_max_message_bytes_decoded_are_accepted_whatever_their_base64_length(
-    shared_loader: ModelLoader,
+    shared_loader: ModelHolder,
     writer: InMemoryWriter,
     lambda_logs: list[dict[str, Any]],
     test_model: ModelFixture,

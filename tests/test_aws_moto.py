@@ -152,7 +152,7 @@ def test_model_uri_on_s3_is_loaded_through_mlflow(
     response = lambda_function.lambda_handler(kinesis_event(SAMPLE_RIDE), None)
 
     assert response == {"batchItemFailures": []}
-    assert lambda_function.get_service().model_loader.loaded.source_uri == model_uri
+    assert lambda_function.get_service().model_holder.loaded.source_uri == model_uri
     (record,) = read_stream(kinesis, predictions)
     assert json.loads(record["Data"]) == test_model.expected_message(123, SAMPLE_FEATURES)
 

@@ -20,25 +20,27 @@ from tests.aws_events import SAMPLE_RIDE, kinesis_event
 from tests.conftest import SAMPLE_FEATURES, ModelFixture, unique
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EXPECTED_NAMES = [
-    "features.py",
-    "kinesis_event.py",
-    "kinesis_writer.py",
-    "lambda_function.py",
-    "lambda_logging.py",
-    "lambda_settings.py",
-    "model_loader.py",
-    "requirements.txt",
-    "settings.py",
-]
+EXPECTED_NAMES = sorted(
+    [
+        "kinesis_event.py",
+        "kinesis_writer.py",
+        "lambda_function.py",
+        "lambda_settings.py",
+        "requirements.txt",
+        *(f"ride_predictor/{name}.py" for name in build_zip.CORE_MODULES),
+    ]
+)
 
 # Run in a fresh interpreter with only the unzipped folder added to the path (-I drops the
 # working directory and PYTHONPATH), as Lambda runs the zip from its task root.
 SMOKE = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import lambda_function, features, model_loader
-modules = {m.__name__: m.__file__ for m in (lambda_function, features, model_loader)}
+import lambda_function, ride_predictor.messages, ride_predictor.model_holder
+modules = {
+    m.__name__: m.__file__
+    for m in (lambda_function, ride_predictor.messages, ride_predictor.model_holder)
+}
 response = lambda_function.lambda_handler({"Records": []}, None)
 print(json.dumps({"modules": modules, "response": response}))
 """
@@ -55,11 +57,12 @@ def built_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_zip.build_zip(tmp_path_factory.mktemp("dist") / "aws-lambda.zip")
 
 
-def test_zip_holds_the_handler_and_the_core_modules_at_its_root(built_zip: Path) -> None:
+def test_zip_holds_the_handler_at_its_root_and_the_core_package_beside_it(built_zip: Path) -> None:
     with zipfile.ZipFile(built_zip) as archive:
         assert sorted(archive.namelist()) == EXPECTED_NAMES
-        assert archive.read("features.py") == (REPO_ROOT / "features.py").read_bytes()
-        assert archive.read("model_loader.py") == (REPO_ROOT / "model_loader.py").read_bytes()
+        for name in build_zip.CORE_MODULES:
+            path = f"ride_predictor/{name}.py"
+            assert archive.read(path) == (REPO_ROOT / path).read_bytes(), path
         assert (
             archive.read("lambda_function.py")
             == (REPO_ROOT / "aws" / "lambda_function.py").read_bytes()
@@ -69,7 +72,9 @@ def test_zip_holds_the_handler_and_the_core_modules_at_its_root(built_zip: Path)
             == (REPO_ROOT / "aws" / "requirements.txt").read_bytes()
         )
         # No GCP wiring and no build tooling in the Lambda.
-        assert not {"main.py", "publisher.py", "build_zip.py"} & set(archive.namelist())
+        assert not {"main.py", "ride_predictor/publisher.py", "build_zip.py"} & set(
+            archive.namelist()
+        )
 
 
 def test_handler_imports_and_answers_from_the_unzipped_folder(
@@ -96,7 +101,8 @@ def test_handler_imports_and_answers_from_the_unzipped_folder(
     output = json.loads(result.stdout.strip().splitlines()[-1])
     assert output["response"] == {"batchItemFailures": []}
     for name, path in output["modules"].items():
-        assert Path(path).parent == unzipped, f"{name} was imported from {path}"
+        folder = unzipped if "." not in name else unzipped / "ride_predictor"
+        assert Path(path).parent == folder, f"{name} was imported from {path}"
 
 
 def test_the_zip_is_reproducible(built_zip: Path, tmp_path: Path) -> None:

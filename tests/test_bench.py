@@ -14,27 +14,22 @@ from pathlib import Path
 import pytest
 
 from devstack.stack import stack_processes
-from publisher import DEFAULT_MAX_RPCS_IN_FLIGHT
+from ride_predictor.publisher import DEFAULT_MAX_RPCS_IN_FLIGHT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.emulator
-def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path: Path) -> None:
-    out, work = tmp_path / "results", tmp_path / "work"
+def run_bench(module: str, *options: str, out: Path, work: Path) -> None:
+    """``python -m <module>`` with one round on a tiny model, writing to ``out`` and ``work``."""
     subprocess.run(
         [
             sys.executable,
             "-m",
-            "bench",
-            "--quick",
+            module,
             "--rounds=1",
             "--rides=2000",
             "--zones=10",
-            "--skip-levers",
-            "--variants",
-            "floor",
-            "project",
+            *options,
             f"--out={out}",
             f"--work-dir={work}",
         ],
@@ -42,6 +37,14 @@ def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path:
         cwd=REPO_ROOT,
         capture_output=True,
         timeout=240,
+    )
+
+
+@pytest.mark.emulator
+def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path: Path) -> None:
+    out, work = tmp_path / "results", tmp_path / "work"
+    run_bench(
+        "bench", "--quick", "--skip-levers", "--variants", "floor", "project", out=out, work=work
     )
 
     results = json.loads((out / "results.json").read_text())
@@ -90,4 +93,25 @@ def test_one_quick_round_writes_the_table_the_plot_and_the_raw_results(tmp_path:
     assert "## All in: what a million predictions cost" in markdown
     assert "### Break-even volumes" in markdown
     assert "### Several Publish RPCs in flight against one" in markdown
+    assert stack_processes(work) == []
+
+
+@pytest.mark.emulator
+def test_the_fast_path_measurement_runs_both_variants_and_prices_them(tmp_path: Path) -> None:
+    out, work = tmp_path / "results", tmp_path / "work"
+    run_bench("bench.fast_path", "--calls=5", "--concurrency=2", out=out, work=work)
+
+    results = json.loads((out / "results.json").read_text())
+    levels = {(r["variant"], r["concurrency"]) for r in results["levels"]}
+    assert levels == {(v, c) for v in ("project", "pipeline") for c in (1, 2)}
+    assert all(r["single"]["ok"] > 0 and r["single"]["failed"] == 0 for r in results["levels"])
+    summary = results["summary"]
+    fast, pipeline = (
+        summary["in_process_us"][f"{v}: 1 ride, CPU µs"] for v in ("project", "pipeline")
+    )
+    assert fast < pipeline  # the pipeline's predict really ran in the second variant
+    assert set(summary["compute_per_million"]) == {"project", "pipeline"}
+    assert (
+        "| figure | project | pipeline | project ÷ pipeline |" in (out / "results.md").read_text()
+    )
     assert stack_processes(work) == []

@@ -19,9 +19,10 @@ from functions_framework import create_app
 
 import main
 from devstack.pubsub_admin import PubSubAdmin, ReceivedMessage
-from model_loader import LoadedModel, ModelLoader
-from publisher import OutgoingMessage
-from settings import Settings
+from ride_predictor.loaders import LoadedModel
+from ride_predictor.model_holder import ModelHolder
+from ride_predictor.publisher import OutgoingMessage
+from ride_predictor.settings import Settings
 from tests.conftest import (
     PROJECT_ID,
     ModelFixture,
@@ -40,14 +41,14 @@ SUBSCRIPTION = f"projects/{PROJECT_ID}/subscriptions/taxi-ride-streaming-push"
 
 
 @pytest.fixture(scope="module")
-def shared_loader(test_model: ModelFixture) -> ModelLoader:
-    loader = ModelLoader(test_model.path, "ride_duration_prediction_model")
+def shared_loader(test_model: ModelFixture) -> ModelHolder:
+    loader = ModelHolder(test_model.path, "ride_duration_prediction_model")
     loader.get()
     return loader
 
 
 def service(
-    loader: ModelLoader, publisher: RecordingPublisher, **settings: Any
+    loader: ModelHolder, publisher: RecordingPublisher, **settings: Any
 ) -> main.PredictionService:
     return main.PredictionService(
         Settings(
@@ -95,7 +96,7 @@ def cost(messages: list[OutgoingMessage] | list[ReceivedMessage]) -> int:
 
 
 def test_the_dead_letters_of_1000_bad_rides_with_100_large_attributes_are_bounded(
-    shared_loader: ModelLoader, recording_publisher: RecordingPublisher
+    shared_loader: ModelHolder, recording_publisher: RecordingPublisher
 ) -> None:
     elements = [bad_ride(i) for i in range(1000)]
     data = b"[" + b",".join(elements) + b"]"
@@ -122,7 +123,7 @@ def test_the_dead_letters_of_1000_bad_rides_with_100_large_attributes_are_bounde
 
 
 def test_a_batch_elements_dead_letter_keeps_small_source_attributes(
-    shared_loader: ModelLoader, recording_publisher: RecordingPublisher
+    shared_loader: ModelHolder, recording_publisher: RecordingPublisher
 ) -> None:
     data = b"[" + good_ride(1) + b"," + bad_ride(2) + b"]"
     attributes = {"origin": "meter-3", "ride_id": "batch-7"}
@@ -138,7 +139,7 @@ def test_a_batch_elements_dead_letter_keeps_small_source_attributes(
 
 
 def test_a_whole_message_keeps_every_source_attribute_and_gains_its_ride_id(
-    shared_loader: ModelLoader, recording_publisher: RecordingPublisher
+    shared_loader: ModelHolder, recording_publisher: RecordingPublisher
 ) -> None:
     attributes = large_attributes(80)
 
@@ -154,7 +155,7 @@ def test_a_whole_message_keeps_every_source_attribute_and_gains_its_ride_id(
 
 
 def test_a_source_ride_id_attribute_is_kept_when_the_ride_has_none(
-    shared_loader: ModelLoader, recording_publisher: RecordingPublisher
+    shared_loader: ModelHolder, recording_publisher: RecordingPublisher
 ) -> None:
     # What `deploy.sh verify` filters on: its ride_id attribute, whatever the data.
     service(shared_loader, recording_publisher).handle(
@@ -168,7 +169,7 @@ def test_no_attribute_is_over_pubsubs_1024_bytes(recording_publisher: RecordingP
     # A version of 1,000 non-ASCII characters (2,000 bytes) used to fail every publish.
     version = "é" * 1000
     model = LoadedModel("m", version, "memory://fixed", "python_function", lambda rows: [1.0])
-    loader = ModelLoader("memory://fixed", "m", load=lambda *_: model)
+    loader = ModelHolder("memory://fixed", "m", load=lambda *_: model)
     ride_id = "é" * 256  # 512 bytes: a valid ride_id
     event = json.loads(bad_ride(0))
     event["ride_id"] = ride_id
@@ -191,7 +192,7 @@ def test_no_attribute_is_over_pubsubs_1024_bytes(recording_publisher: RecordingP
 
 @pytest.mark.parametrize("data", [good_ride(7), b"[" + good_ride(7) + b"," + bad_ride(8) + b"]"])
 def test_deploy_verify_is_copied_onto_every_prediction_and_dead_letter(
-    shared_loader: ModelLoader, recording_publisher: RecordingPublisher, data: bytes
+    shared_loader: ModelHolder, recording_publisher: RecordingPublisher, data: bytes
 ) -> None:
     attributes = {"deploy_verify": "run-20240108-1", **large_attributes(99)}
 
@@ -205,7 +206,7 @@ def test_deploy_verify_is_copied_onto_every_prediction_and_dead_letter(
 
 
 def test_no_deploy_verify_attribute_unless_the_source_has_one(
-    shared_loader: ModelLoader, recording_publisher: RecordingPublisher
+    shared_loader: ModelHolder, recording_publisher: RecordingPublisher
 ) -> None:
     service(shared_loader, recording_publisher).handle(
         pubsub_event_data(b"[" + good_ride(7) + b"," + bad_ride(8) + b"]")
@@ -214,7 +215,7 @@ def test_no_deploy_verify_attribute_unless_the_source_has_one(
 
 
 def test_the_event_subscription_wins_over_the_setting(
-    shared_loader: ModelLoader, recording_publisher: RecordingPublisher
+    shared_loader: ModelHolder, recording_publisher: RecordingPublisher
 ) -> None:
     event_data = pubsub_event_data(bad_ride(1))
     service(
@@ -233,7 +234,7 @@ def test_a_raw_push_dead_letter_names_the_source_subscription_setting(
 ) -> None:
     app = create_app(target="predict_duration", source=main.__file__, signature_type="cloudevent")
     served_main = __import__("sys").modules["main"]
-    loader = ModelLoader(test_model.path, "m")
+    loader = ModelHolder(test_model.path, "m")
     monkeypatch.setattr(
         served_main,
         "_service",

@@ -19,8 +19,8 @@ from cloudevents.http import CloudEvent
 from functions_framework import create_app
 
 import main
-from model_loader import ModelLoader
-from settings import Settings
+from ride_predictor.model_holder import ModelHolder
+from ride_predictor.settings import Settings
 from tests.conftest import (
     PROJECT_ID,
     ModelFixture,
@@ -52,7 +52,7 @@ def client(
         served_main,
         "_service",
         served_main.PredictionService(
-            settings, ModelLoader(test_model.path, settings.model_name), recording_publisher
+            settings, ModelHolder(test_model.path, settings.model_name), recording_publisher
         ),
     )
     return app.test_client()

@@ -21,7 +21,7 @@ from devstack.emulators import PubSubEmulator, StorageEmulator
 from devstack.processes import free_port
 from devstack.pubsub_admin import PubSubAdmin
 from devstack.storage import upload_directory
-from settings import DEFAULT_MAX_MESSAGE_BYTES
+from ride_predictor.settings import DEFAULT_MAX_MESSAGE_BYTES
 from tests.conftest import (
     PROJECT_ID,
     ModelFixture,

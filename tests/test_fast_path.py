@@ -1,4 +1,4 @@
-"""model_loader's linear fast path: in use for the course model, and the pipeline's very floats.
+"""ride_predictor.fast_path: in use for the course model, and the pipeline's very floats.
 
 Two separate questions, so that neither answer hides the other: does a loaded course model
 really predict through ``linear_predictor`` (the load-time check falls back to the pipeline
@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from model_loader import LoadedModel, linear_predictor, load_model, sklearn_predictor
+from ride_predictor.fast_path import linear_predictor, sklearn_predictor
+from ride_predictor.loaders import LoadedModel, load_model
 from tests.conftest import ModelFixture
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-import features
-from features import (
+from ride_predictor import messages
+from ride_predictor.errors import InvalidRideError
+from ride_predictor.messages import (
     MAX_JSON_DEPTH,
-    InvalidRideError,
     PredictionMessage,
     RideBatch,
     RideEvent,
@@ -220,7 +220,7 @@ def test_a_utf8_error_inside_msgspec_is_a_permanent_error_too() -> None:
     # Out of reach through decode_message (the whole message is checked first), so the mapping
     # of msgspec's UnicodeDecodeError is exercised directly.
     with pytest.raises(InvalidRideError, match="not valid UTF-8") as raised:
-        features._decode(features._EVENT, b'{"ride_id": "\xff", "ride": {}}', ride_index=4)
+        messages._decode(messages._EVENT, b'{"ride_id": "\xff", "ride": {}}', ride_index=4)
     assert raised.value.ride_index == 4
 
 
@@ -331,7 +331,7 @@ def test_the_depth_check_agrees_with_the_depth_of_the_decoded_value() -> None:
         data = json.dumps(value, ensure_ascii=bool(len(str(value)) % 2)).encode()
         for limit in (0, 1, 5, MAX_JSON_DEPTH):
             deeper = _depth(value) > limit
-            assert features._nests_deeper(data, limit) == deeper, (data, limit)
+            assert messages._nests_deeper(data, limit) == deeper, (data, limit)
             if limit == MAX_JSON_DEPTH:
                 seen_deeper += deeper
                 seen_within += not deeper
@@ -359,7 +359,7 @@ def test_the_usual_batch_needs_no_exact_depth_check(monkeypatch: pytest.MonkeyPa
     def not_expected(data: bytes, limit: int) -> bool:
         raise AssertionError("the bound should have settled it")
 
-    monkeypatch.setattr(features, "_nests_deeper", not_expected)
+    monkeypatch.setattr(messages, "_nests_deeper", not_expected)
     assert isinstance(decode([VALID] * 1000), RideBatch)
     assert isinstance(decode(VALID), RideEvent)
 
@@ -371,7 +371,7 @@ def test_a_large_integer_in_an_ignored_field_is_ignored_like_the_field() -> None
 
 def test_prediction_message_rounds_to_whole_minutes_and_echoes_the_ride_id() -> None:
     message = build_prediction_message("m", "v1", "ride-7", 17.6)
-    assert message == PredictionMessage("m", "v1", features.Prediction(18, "ride-7"))
+    assert message == PredictionMessage("m", "v1", messages.Prediction(18, "ride-7"))
     assert encode_message(message) == (
         b'{"model":"m","version":"v1","prediction":{"ride_duration":18,"ride_id":"ride-7"}}'
     )

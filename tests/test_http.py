@@ -17,7 +17,7 @@ from functions_framework import create_app
 import main
 from devstack.pubsub_admin import PubSubAdmin
 from devstack.storage import upload_directory
-from model_loader import ModelLoader
+from ride_predictor.model_holder import ModelHolder
 from tests.conftest import (
     PROJECT_ID,
     SAMPLE_FEATURES,
@@ -124,7 +124,7 @@ def client_with_recorder(
         served_main,
         "_service",
         served_main.PredictionService(
-            settings, ModelLoader(settings.model_uri, settings.model_name), recording_publisher
+            settings, ModelHolder(settings.model_uri, settings.model_name), recording_publisher
         ),
     )
     return app.test_client()

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 import main
-from model_loader import LoadedModel, ModelLoader, ModelLoadError
-from publisher import DEFAULT_MAX_RPCS_IN_FLIGHT, PublishError
-from settings import (
+from ride_predictor.errors import ModelLoadError, PublishError
+from ride_predictor.loaders import LoadedModel
+from ride_predictor.model_holder import ModelHolder
+from ride_predictor.publisher import DEFAULT_MAX_RPCS_IN_FLIGHT
+from ride_predictor.settings import (
     DEFAULT_MAX_BATCH_RIDES,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MODEL_NAME,
@@ -32,15 +34,15 @@ DEAD_LETTER_TOPIC = f"projects/{PROJECT_ID}/topics/ride-dead-letter"
 
 
 @pytest.fixture(scope="module")
-def shared_loader(test_model: ModelFixture) -> ModelLoader:
+def shared_loader(test_model: ModelFixture) -> ModelHolder:
     """One loaded model for the module's tests (loading is tested in test_model_loader)."""
-    loader = ModelLoader(test_model.path, DEFAULT_MODEL_NAME)
+    loader = ModelHolder(test_model.path, DEFAULT_MODEL_NAME)
     loader.get()
     return loader
 
 
 def make_service(
-    loader: ModelLoader, publisher: RecordingPublisher, **settings: Any
+    loader: ModelHolder, publisher: RecordingPublisher, **settings: Any
 ) -> main.PredictionService:
     return main.PredictionService(
         main.Settings(model_uri=loader.model_uri, project_id=PROJECT_ID, **settings),
@@ -51,7 +53,7 @@ def make_service(
 
 @pytest.fixture
 def service(
-    shared_loader: ModelLoader,
+    shared_loader: ModelHolder,
     recording_publisher: RecordingPublisher,
     monkeypatch: pytest.MonkeyPatch,
 ) -> main.PredictionService:
@@ -137,7 +139,7 @@ def test_model_name_and_version_come_from_the_environment(
         "_service",
         main.PredictionService(
             settings,
-            ModelLoader(settings.model_uri, settings.model_name, settings.model_version),
+            ModelHolder(settings.model_uri, settings.model_name, settings.model_version),
             recording_publisher,
         ),
     )
@@ -281,7 +283,7 @@ def test_undecodable_base64_is_dead_lettered_as_received(
 
 
 def test_without_a_dead_letter_topic_invalid_input_is_only_logged(
-    shared_loader: ModelLoader,
+    shared_loader: ModelHolder,
     recording_publisher: RecordingPublisher,
     json_logs: list[dict[str, Any]],
 ) -> None:
@@ -310,7 +312,7 @@ def test_a_failed_dead_letter_publish_raises_so_the_message_is_not_lost(
 def test_an_unloadable_model_raises_and_a_valid_ride_is_not_lost(
     recording_publisher: RecordingPublisher, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loader = ModelLoader(str(tmp_path / "no-model-here"), DEFAULT_MODEL_NAME)
+    loader = ModelHolder(str(tmp_path / "no-model-here"), DEFAULT_MODEL_NAME)
     monkeypatch.setattr(main, "_service", make_service(loader, recording_publisher))
     with pytest.raises(ModelLoadError):
         main.predict_duration(pubsub_cloud_event(load_json("sample_ride.json")))
@@ -332,7 +334,7 @@ def test_one_info_line_per_handled_message_with_the_ids(
 
 
 def test_message_log_level_debug_silences_the_per_message_line(
-    shared_loader: ModelLoader,
+    shared_loader: ModelHolder,
     recording_publisher: RecordingPublisher,
     json_logs: list[dict[str, Any]],
 ) -> None:
@@ -441,7 +443,7 @@ def fixed_model_service(
     model = LoadedModel(
         name, version, "memory://fixed", "python_function", lambda rows: predictions[: len(rows)]
     )
-    loader = ModelLoader("memory://fixed", name, load=lambda *_: model)
+    loader = ModelHolder("memory://fixed", name, load=lambda *_: model)
     return make_service(loader, publisher, dead_letter_stream="ride-dead-letter")
 
 
@@ -531,59 +533,3 @@ def test_a_lone_surrogate_is_a_permanent_error_with_a_clear_reason(
     (dead_letter,) = recording_publisher.to(DEAD_LETTER_TOPIC)
     assert dead_letter.data == data
     assert "lone UTF-16 surrogate" in dead_letter.attributes["dlq_reason"]
-
-
-def _outcome(service: Any, publisher: RecordingPublisher, data: bytes) -> tuple[Any, ...]:
-    """What handling ``data`` gives: the result, the predictions published, and the dead
-    letters (index in a batch, whether there is a reason, the data: decoded for an element)."""
-    publisher.published.clear()
-    result = service.handle(pubsub_event_data(data))
-    predictions = [json.loads(message.data) for message in publisher.to(OUTPUT_TOPIC)]
-    dead_letters = [
-        (
-            m.attributes.get("dlq_ride_index"),
-            bool(m.attributes["dlq_reason"]),
-            m.data if "dlq_ride_index" not in m.attributes else json.loads(m.data),
-        )
-        for m in publisher.to(DEAD_LETTER_TOPIC)
-    ]
-    return result, predictions, dead_letters
-
-
-def test_valid_and_invalid_messages_fare_as_they_did_before_the_typed_schemas(
-    shared_loader: ModelLoader, recording_publisher: RecordingPublisher
-) -> None:
-    from bench.variants import contract_before
-    from tests.test_failures import INVALID_MESSAGES
-    from tests.test_features import INVALID_PAYLOADS, INVALID_RIDE_EVENTS
-
-    settings = main.Settings(
-        model_uri=shared_loader.model_uri,
-        project_id=PROJECT_ID,
-        dead_letter_stream="ride-dead-letter",
-    )
-    before = contract_before.PredictionService(settings, shared_loader, recording_publisher)
-    after = main.PredictionService(settings, shared_loader, recording_publisher)
-    rides = [_ride_event(i, distance=i / 3) for i in range(40)]
-    for i, event in enumerate(rides):
-        event["ride"]["PULocationID"] = 1 + i * 7 % 263
-    messages = [json.dumps(event).encode() for event in rides]
-    messages.append(json.dumps(rides).encode())
-    invalid = [event for _, event, _ in INVALID_RIDE_EVENTS]
-    messages.append(
-        json.dumps([x for pair in zip(rides, invalid, strict=False) for x in pair]).encode()
-    )
-    messages += [json.dumps(event).encode() for event in invalid]
-    messages += [data for _, data, _ in INVALID_PAYLOADS]
-    # Changed on purpose (docs/design.md): a lone surrogate is now rejected; it used to be
-    # accepted, then fail at publish when it was a ride_id.
-    messages += [
-        data
-        for name, data in INVALID_MESSAGES
-        if isinstance(data, bytes) and "surrogate" not in name
-    ]
-
-    for data in messages:
-        old = _outcome(before, recording_publisher, data)
-        new = _outcome(after, recording_publisher, data)
-        assert new == old, data[:200]

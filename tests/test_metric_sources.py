@@ -21,8 +21,9 @@ from cloudevents.conversion import to_binary
 from functions_framework import create_app
 
 import main
-import telemetry
-from model_loader import ModelLoader, ModelLoadError
+from ride_predictor import telemetry
+from ride_predictor.errors import REASON_CLASSES, ModelLoadError
+from ride_predictor.model_holder import ModelHolder
 from tests.conftest import (
     PROJECT_ID,
     SAMPLE_FEATURES,
@@ -85,7 +86,7 @@ def served(
     counts = telemetry.PredictionTelemetry()
     service = served_main.PredictionService(
         settings,
-        ModelLoader(settings.model_uri, settings.model_name),
+        ModelHolder(settings.model_uri, settings.model_name),
         recording_publisher,
         counts,
     )
@@ -140,7 +141,7 @@ def test_every_metric_source_is_emitted_by_the_running_function(
     # element, the message that is not JSON); no other line is counted.
     rejected = counted(log_metric("rejected-rides"), json_logs)
     assert sorted(label["reason_class"] or "" for label in rejected) == ["json", "schema"]
-    assert all(label["reason_class"] in telemetry.REASON_CLASSES for label in rejected)
+    assert all(label["reason_class"] in REASON_CLASSES for label in rejected)
     assert counted(log_metric("model-swaps"), json_logs) == []
     assert counted(log_metric("model-load-failures"), json_logs) == []
 

@@ -15,12 +15,9 @@ import cloudpickle
 import pytest
 
 from devstack.storage import upload_directory
-from model_loader import (
-    LoadedModel,
-    ModelLoader,
-    ModelLoadError,
-    load_model,
-)
+from ride_predictor.errors import ModelLoadError
+from ride_predictor.loaders import LoadedModel, load_model
+from ride_predictor.model_holder import ModelHolder
 from tests.conftest import REGISTERED_NAME, ModelFixture, unique
 
 SAMPLE_FEATURES = {"PU_DO": "130_205", "trip_distance": 3.66}
@@ -36,7 +33,7 @@ def _assert_predicts_like(loaded: LoadedModel, test_model: ModelFixture) -> None
 
 
 def test_version_is_the_run_id_for_a_plain_artifact_path(test_model: ModelFixture) -> None:
-    loaded = ModelLoader(test_model.path, "ride_duration_prediction_model").get()
+    loaded = ModelHolder(test_model.path, "ride_duration_prediction_model").get()
 
     assert loaded.version == test_model.logged.run_id
     assert loaded.name == "ride_duration_prediction_model"
@@ -45,7 +42,7 @@ def test_version_is_the_run_id_for_a_plain_artifact_path(test_model: ModelFixtur
 
 
 def test_model_version_override_wins(test_model: ModelFixture) -> None:
-    loaded = ModelLoader(test_model.path, "custom-name", version_override="2024-06-rc1").get()
+    loaded = ModelHolder(test_model.path, "custom-name", version_override="2024-06-rc1").get()
     assert (loaded.name, loaded.version) == ("custom-name", "2024-06-rc1")
 
 
@@ -56,7 +53,7 @@ def test_model_version_override_wins(test_model: ModelFixture) -> None:
 def test_version_of_a_registry_uri_is_the_registered_version(
     test_model: ModelFixture, uri: str
 ) -> None:
-    loaded = ModelLoader(uri, "ride_duration_prediction_model").get()
+    loaded = ModelHolder(uri, "ride_duration_prediction_model").get()
     assert loaded.version == test_model.logged.registered_version == "1"
     _assert_predicts_like(loaded, test_model)
 
@@ -132,7 +129,7 @@ def test_gs_uri_loads_from_the_storage_emulator(test_model: ModelFixture, gcs: A
         gcs, Path(test_model.path), f"gs://{bucket}/1/{run_id}/artifacts/model"
     )
 
-    loaded = ModelLoader(model_uri, "ride_duration_prediction_model").get()
+    loaded = ModelHolder(model_uri, "ride_duration_prediction_model").get()
 
     assert loaded.version == run_id
     assert loaded.source_uri == model_uri
@@ -159,7 +156,7 @@ def test_sixteen_concurrent_first_requests_cause_one_load(test_model: ModelFixtu
         load_calls.append(uri)
         return load_model(uri, name, version)
 
-    loader = ModelLoader(test_model.path, "m", load=counting_load)
+    loader = ModelHolder(test_model.path, "m", load=counting_load)
     start = threading.Barrier(16)
     results: list[LoadedModel] = []
 
@@ -180,7 +177,7 @@ def test_sixteen_concurrent_first_requests_cause_one_load(test_model: ModelFixtu
 
 def test_a_failed_load_is_not_cached(test_model: ModelFixture, tmp_path: Path) -> None:
     model_dir = tmp_path / "not-yet-there"
-    loader = ModelLoader(str(model_dir), "m")
+    loader = ModelHolder(str(model_dir), "m")
 
     with pytest.raises(ModelLoadError, match="not-yet-there"):
         loader.get()
@@ -199,7 +196,7 @@ def test_a_slow_load_times_out_the_request_and_completes_for_the_next(
         release.wait(timeout=60)
         return load_model(uri, name, version)
 
-    loader = ModelLoader(test_model.path, "m", load_timeout_seconds=0.2, load=slow_load)
+    loader = ModelHolder(test_model.path, "m", load_timeout_seconds=0.2, load=slow_load)
     with pytest.raises(ModelLoadError, match="still loading"):
         loader.get()
 
@@ -222,7 +219,7 @@ def _stdout_of_fresh_python(code: str) -> str:
 
 def test_importing_the_function_loads_nothing_heavy() -> None:
     probe = (
-        "import sys, main, model_loader, publisher, features;"
+        "import sys, main, ride_predictor.loaders, ride_predictor.publisher;"
         "print(sorted(m for m in ('mlflow', 'sklearn', 'pandas') if m in sys.modules))"
     )
     assert _stdout_of_fresh_python(probe).strip() == "[]"
@@ -230,7 +227,7 @@ def test_importing_the_function_loads_nothing_heavy() -> None:
 
 def test_a_pickled_model_loads_without_importing_mlflow(test_model: ModelFixture) -> None:
     probe = (
-        "import sys; from model_loader import load_model;"
+        "import sys; from ride_predictor.loaders import load_model;"
         f"loaded = load_model({test_model.path!r}, 'm', None);"
         "print(loaded.version, 'mlflow' in sys.modules)"
     )

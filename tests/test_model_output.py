@@ -26,15 +26,12 @@ import pytest
 import lambda_function
 import main
 from devstack.pubsub_admin import PubSubAdmin
-from features import (
-    MAX_RIDE_DURATION,
-    MIN_RIDE_DURATION,
-    InvalidRideError,
-    build_prediction_message,
-)
 from lambda_settings import LambdaSettings
-from model_loader import LoadedModel, ModelLoader
-from settings import Settings
+from ride_predictor.errors import InvalidRideError
+from ride_predictor.loaders import LoadedModel
+from ride_predictor.messages import MAX_RIDE_DURATION, MIN_RIDE_DURATION, build_prediction_message
+from ride_predictor.model_holder import ModelHolder
+from ride_predictor.settings import Settings
 from tests.aws_events import InMemoryWriter, kinesis_event
 from tests.conftest import (
     PROJECT_ID,
@@ -126,7 +123,7 @@ def test_a_long_prediction_is_shown_cut_in_the_reason() -> None:
 def test_an_output_that_is_not_one_prediction_per_ride_fails_the_whole_message(
     output: Any, rides: int, reason: str
 ) -> None:
-    from features import predictions_for
+    from ride_predictor.messages import predictions_for
 
     with pytest.raises(InvalidRideError) as raised:
         predictions_for(output, rides)
@@ -138,19 +135,19 @@ def test_an_output_that_is_not_one_prediction_per_ride_fails_the_whole_message(
     "output", [[1.0, 2.0], np.array([1.0, 2.0]), (x for x in (1.0, 2.0)), (1.0, 2.0)]
 )
 def test_one_prediction_per_ride_is_accepted_in_order(output: Any) -> None:
-    from features import predictions_for
+    from ride_predictor.messages import predictions_for
 
     assert [float(p) for p in predictions_for(output, 2)] == [1.0, 2.0]
 
 
-def answering(*outputs: Any) -> ModelLoader:
+def answering(*outputs: Any) -> ModelHolder:
     """A loader whose model answers ``outputs`` (the whole output, as the model returns it)."""
     answers = iter(outputs)
     model = LoadedModel("m", "v", "memory://", "python_function", lambda rows: next(answers))
-    return ModelLoader("memory://", "m", load=lambda *_: model)
+    return ModelHolder("memory://", "m", load=lambda *_: model)
 
 
-def gcp_service(loader: ModelLoader, publisher: RecordingPublisher) -> main.PredictionService:
+def gcp_service(loader: ModelHolder, publisher: RecordingPublisher) -> main.PredictionService:
     settings = Settings(
         model_uri="memory://", project_id=PROJECT_ID, dead_letter_stream="ride-dead-letter"
     )

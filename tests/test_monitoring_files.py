@@ -19,8 +19,7 @@ from google.cloud import bigquery, logging_v2, monitoring_dashboard_v1, monitori
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-import features
-import telemetry
+from ride_predictor import messages, telemetry
 from schemas.generate import (
     MONITORING_DIR,
     PREDICTION_LOG_OMITTED,
@@ -407,7 +406,7 @@ def test_a_published_prediction_fits_the_table_but_for_the_ride_id_in_the_attrib
         bigquery.SchemaField.from_api_repr(f) for f in json.loads(BIGQUERY_SCHEMA.read_text())
     ]
     message = json.loads(
-        features.encode_message(features.build_prediction_message("m", "3", ride_id, 12.4))
+        messages.encode_message(messages.build_prediction_message("m", "3", ride_id, 12.4))
     )
     # --drop-unknown-fields drops exactly these; the attribute ride_id carries the id.
     assert _unwritten(message, columns, "") == list(PREDICTION_LOG_OMITTED)

@@ -24,12 +24,14 @@ import boto3
 import pytest
 
 import lambda_function
-import model_loader
 from devstack.aws_admin import upload_directory as upload_to_s3
 from devstack.mlflow_server import MlflowServer
 from devstack.moto_server import MotoServer
 from devstack.storage import upload_directory
-from model_loader import ModelLoader, ModelLoadError, load_model
+from ride_predictor import loaders
+from ride_predictor.errors import ModelLoadError
+from ride_predictor.loaders import load_model
+from ride_predictor.model_holder import ModelHolder
 from tests.aws_events import SAMPLE_RIDE, kinesis_event
 from tests.conftest import ServeFunction, deliver, function_log, push_body, unique
 
@@ -98,7 +100,7 @@ def test_the_loader_reads_mlflows_own_switch_and_default() -> None:
     from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION
 
     # The direct path skips MLflow only while the switch is unset, where MLflow allows pickles.
-    assert model_loader.PICKLE_SWITCH == MLFLOW_ALLOW_PICKLE_DESERIALIZATION.name == SWITCH
+    assert loaders.PICKLE_SWITCH == MLFLOW_ALLOW_PICKLE_DESERIALIZATION.name == SWITCH
     assert MLFLOW_ALLOW_PICKLE_DESERIALIZATION.default is True
 
 
@@ -156,7 +158,7 @@ def test_a_refused_model_is_a_model_load_failure_with_the_reason(
     crafted: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(SWITCH, "false")
-    loader = ModelLoader(str(crafted), "m")
+    loader = ModelHolder(str(crafted), "m")
     with pytest.raises(ModelLoadError, match=f"disallowed because '{SWITCH}'"):
         loader.get()
     assert not marker.exists()
@@ -269,7 +271,7 @@ def assert_lambda_refuses(model_uri: str, marker: Path) -> None:
     assert response == {
         "batchItemFailures": [{"itemIdentifier": event["Records"][0]["kinesis"]["sequenceNumber"]}]
     }
-    assert lambda_function.get_service().model_loader.loaded is None
+    assert lambda_function.get_service().model_holder.loaded is None
     assert not marker.exists()
 
 

@@ -7,15 +7,15 @@ import json
 import pytest
 
 from devstack.pubsub_admin import PubSubAdmin
-from publisher import (
+from ride_predictor.errors import PublishError
+from ride_predictor.publisher import (
     MAX_BYTES_PER_REQUEST,
     OutgoingMessage,
-    PublishError,
     PubSubPublisher,
     message_size,
     request_chunks,
 )
-from settings import topic_path
+from ride_predictor.settings import topic_path
 from tests.conftest import PROJECT_ID, unique
 
 
@@ -60,7 +60,7 @@ def test_the_client_is_created_once_and_lazily(pubsub: PubSubAdmin) -> None:
     created: list[object] = []
 
     def factory() -> object:
-        from publisher import _default_client
+        from ride_predictor.publisher import _default_client
 
         created.append(client := _default_client())
         return client

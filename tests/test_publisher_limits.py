@@ -19,7 +19,8 @@ import pytest
 from google.api_core import exceptions
 
 from devstack.processes import wait_until
-from publisher import MAX_MESSAGES_PER_REQUEST, OutgoingMessage, PublishError, PubSubPublisher
+from ride_predictor.errors import PublishError
+from ride_predictor.publisher import MAX_MESSAGES_PER_REQUEST, OutgoingMessage, PubSubPublisher
 from tests.fake_pubsub_api import (
     API_MAX_MESSAGES,
     API_MAX_REQUEST_BYTES,

@@ -17,7 +17,10 @@ import pytest
 
 import lambda_function
 from devstack.processes import free_port, wait_until
-from model_loader import LoadedModel, ModelLoader, ModelLoadError, redact_credentials
+from ride_predictor.errors import ModelLoadError
+from ride_predictor.loaders import LoadedModel
+from ride_predictor.model_holder import ModelHolder
+from ride_predictor.redaction import redact_credentials
 from tests.aws_events import SAMPLE_RIDE, kinesis_event
 from tests.conftest import ServeFunction, push, push_body
 
@@ -99,7 +102,7 @@ SECRET_URI = "http://bob:URI-SECRET@127.0.0.1:{port}/model?token=TOKEN-SECRET&na
 def test_a_failed_load_redacts_its_log_line_and_its_error(
     records: list[logging.LogRecord],
 ) -> None:
-    loader = ModelLoader(SECRET_URI.format(port=free_port()), "m")
+    loader = ModelHolder(SECRET_URI.format(port=free_port()), "m")
 
     with pytest.raises(ModelLoadError) as raised:
         loader.get()
@@ -127,12 +130,13 @@ def test_a_failed_refresh_redacts_its_log_line(records: list[logging.LogRecord])
         return LoadedModel(name, pinned.rsplit("/", 1)[1], pinned, "sklearn", lambda rows: [])
 
     now = [0.0]
-    loader = ModelLoader(
+    loader = ModelHolder(
         uri, "m", refresh_seconds=1, load=load, resolve=resolve, clock=lambda: now[0]
     )
     loader.get()
     now[0] = 5.0
-    loader.get()  # starts the refresh, which fails
+    loader.get()
+    loader.refresh_work.start_if_due()  # after the request: the refresh, which fails
 
     wait_until(
         lambda: any("refresh failed" in r.getMessage() for r in records),

@@ -1,11 +1,12 @@
 """Refresh of a moving models:/ URI: background resolution, hot swap, rollback, bad rollouts.
 
-Unit tests of ``model_loader.ModelLoader`` with an injected clock, resolver and loader (the
+Unit tests of ``model_holder.ModelHolder`` with an injected clock, resolver and loader (the
 real registry and tracking server are in tests/test_rollout.py), and of ``main`` on top of it.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import tracemalloc
 import weakref
@@ -16,17 +17,16 @@ import pytest
 
 import main
 from devstack.processes import wait_until
-from model_loader import (
+from ride_predictor.errors import ModelLoadError
+from ride_predictor.loaders import LoadedModel, load_model
+from ride_predictor.model_holder import ModelHolder
+from ride_predictor.registry import (
     MLFLOW_HTTP_BOUNDS,
-    LoadedModel,
-    ModelLoader,
-    ModelLoadError,
     bound_mlflow_http_requests,
     is_movable,
-    load_model,
     pinned_uri,
 )
-from settings import InvalidSettingError
+from ride_predictor.settings import InvalidSettingError
 from tests.conftest import RecordingPublisher, pubsub_event_data
 
 ALIAS_URI = "models:/ride-duration@champion"
@@ -98,8 +98,8 @@ def make_loader(
     uri: str = ALIAS_URI,
     refresh_seconds: float = 60.0,
     **kwargs: Any,
-) -> ModelLoader:
-    return ModelLoader(
+) -> ModelHolder:
+    return ModelHolder(
         uri,
         "m",
         refresh_seconds=refresh_seconds,
@@ -110,11 +110,19 @@ def make_loader(
     )
 
 
-def refreshed_once_more(loader: ModelLoader, registry: FakeRegistry, clock: FakeClock) -> None:
+def a_request(loader: ModelHolder) -> LoadedModel:
+    """What a request does with the holder: take the model, then (the service, after the
+    message) start the background work that is due."""
+    model = loader.get()
+    loader.refresh_work.start_if_due()
+    return model
+
+
+def refreshed_once_more(loader: ModelHolder, registry: FakeRegistry, clock: FakeClock) -> None:
     """Let a refresh period pass, trigger the refresh with a request, wait until it is done."""
     resolutions = len(registry.resolutions)
     clock.advance(loader.refresh_seconds)
-    loader.get()
+    a_request(loader)
     wait_until(
         lambda: len(registry.resolutions) > resolutions and not loader.refreshing,
         "the refresh",
@@ -167,7 +175,7 @@ def test_load_model_resolves_a_moving_uri_once_then_loads_that_version(
     alias moves between the download and the label."""
     import mlflow
 
-    import model_loader
+    from ride_predictor import loaders
 
     resolutions: list[tuple[str, str]] = []
     versions = iter(["5", "6"])  # a second resolution would see the alias moved
@@ -184,7 +192,7 @@ def test_load_model_resolves_a_moving_uri_once_then_loads_that_version(
         return "run", "uuid", "sklearn", lambda rows: [0.0] * len(rows)
 
     monkeypatch.setattr(mlflow, "MlflowClient", MovingAliasClient)
-    monkeypatch.setattr(model_loader, "_load_with_mlflow", download)
+    monkeypatch.setattr(loaders, "_load_with_mlflow", download)
 
     loaded = load_model(ALIAS_URI, "m", None)
 
@@ -201,14 +209,14 @@ def test_a_request_after_the_period_starts_the_refresh_and_does_not_wait_for_it(
     assert loader.get().version == "1"
 
     clock.advance(59)
-    assert loader.get().version == "1"
+    assert a_request(loader).version == "1"
     assert len(registry.resolutions) == 1  # not due yet: nothing resolved
 
     registry.version = "2"
     store.gate = threading.Event()  # the new version's load hangs until released
     clock.advance(1)
     answered: list[str] = []
-    request = threading.Thread(target=lambda: answered.append(loader.get().version))
+    request = threading.Thread(target=lambda: answered.append(a_request(loader).version))
     request.start()
     request.join(timeout=SWAP_TIMEOUT_SECONDS)
     assert answered == ["1"]  # answered by the current version while the load hangs
@@ -234,10 +242,10 @@ def test_one_refresh_at_a_time_however_many_requests() -> None:
     clock.advance(60)
 
     for _ in range(50):
-        assert loader.get().version == "1"
+        assert a_request(loader).version == "1"
     clock.advance(60)  # even a second period passing while the load hangs starts no other
     for _ in range(50):
-        loader.get()
+        a_request(loader)
     store.gate.set()
     wait_until(lambda: not loader.refreshing, "the swap", SWAP_TIMEOUT_SECONDS)
 
@@ -289,7 +297,7 @@ def test_a_failed_refresh_logs_one_error_keeps_serving_and_retries_next_period(
 
     refreshed_once_more(loader, registry, clock)
     for _ in range(100):  # many requests in the same period: still the one ERROR
-        assert loader.get().version == "1"
+        assert a_request(loader).version == "1"
 
     (error,) = [line for line in json_logs if line["severity"] == "ERROR"]
     assert error["message"].startswith("model refresh failed")
@@ -343,7 +351,7 @@ def test_refresh_is_off_for_fixed_models_zero_seconds_and_a_hand_set_version(
 
     for _ in range(5):
         clock.advance(3600)
-        assert loader.get() is first
+        assert a_request(loader) is first
 
     assert not loader.refreshes
     assert len(registry.resolutions) == resolutions
@@ -381,7 +389,7 @@ def test_swapped_out_models_are_freed_despite_gc_freeze() -> None:
         version = uri.rsplit("/", 1)[1]
         return LoadedModel(name, version, uri, "test", lambda rows, payload=payload: [1.0])
 
-    loader = ModelLoader(
+    loader = ModelHolder(
         ALIAS_URI, "m", refresh_seconds=1, load=load, resolve=registry.resolve, clock=clock
     )
     loader.get()
@@ -457,7 +465,7 @@ def test_every_ride_of_a_batch_is_predicted_and_labelled_by_one_version_across_s
     assert versions_seen == {"1", "2"}
     published = recording_publisher.published
     for _, message in published:
-        body = main.json.loads(message.data)
+        body = json.loads(message.data)
         assert message.attributes["model_version"] == body["version"]
         assert body["prediction"]["ride_duration"] == int(body["version"])
 
@@ -477,7 +485,7 @@ def test_build_service_wires_the_refresh_period(monkeypatch: pytest.MonkeyPatch)
     for name, value in MLFLOW_HTTP_BOUNDS.items():  # build_service sets them when unset
         monkeypatch.setenv(name, value)
     settings = main.Settings(model_uri=ALIAS_URI, project_id="p", model_refresh_seconds=5)
-    assert main.build_service(settings).model_loader.refresh_seconds == 5
+    assert main.build_service(settings).model_holder.refresh_seconds == 5
 
 
 def test_mlflow_http_calls_are_bounded_unless_the_deployment_says_otherwise() -> None:
@@ -490,7 +498,7 @@ def test_mlflow_http_calls_are_bounded_unless_the_deployment_says_otherwise() ->
 
 
 def test_the_lambda_follows_the_alias_too() -> None:
-    """The Lambda shares model_loader: a batch after the period starts the refresh, is answered
+    """The Lambda shares the model holder: a batch after the period starts the refresh, is answered
     by the current version, and a later batch by the new one; every record of a batch by one."""
     import lambda_function
     from lambda_settings import LambdaSettings
@@ -528,7 +536,7 @@ def test_lambda_settings_read_model_refresh_seconds() -> None:
 def test_a_model_still_in_use_at_the_swap_is_freed_once_the_request_is_done(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import model_loader
+    from ride_predictor import model_holder
 
     registry, clock = FakeRegistry("1"), FakeClock()
     payloads: dict[str, weakref.ref[Payload]] = {}
@@ -539,22 +547,22 @@ def test_a_model_still_in_use_at_the_swap_is_freed_once_the_request_is_done(
         payloads[version] = weakref.ref(payload)
         return LoadedModel(name, version, uri, "test", lambda rows, payload=payload: [1.0])
 
-    loader = ModelLoader(
+    loader = ModelHolder(
         ALIAS_URI, "m", refresh_seconds=1, load=load, resolve=registry.resolve, clock=clock
     )
     in_flight = loader.get()  # a request still predicting with version 1
     in_flight_ref = weakref.ref(in_flight)
     collections: list[bool] = []  # at each collection: was version 1 still in use?
-    refreeze = model_loader._refreeze_after_swap
+    refreeze = model_holder._refreeze_after_swap
 
     def observed_refreeze() -> None:
         collections.append(in_flight_ref() is not None)
         refreeze()
 
-    monkeypatch.setattr(model_loader, "_refreeze_after_swap", observed_refreeze)
+    monkeypatch.setattr(model_holder, "_refreeze_after_swap", observed_refreeze)
     registry.version = "2"
     clock.advance(1)
-    loader.get()
+    a_request(loader)
     wait_until(lambda: loader.get().version == "2", "the swap", SWAP_TIMEOUT_SECONDS)
 
     del in_flight  # the request is done
@@ -569,12 +577,12 @@ def test_a_swap_in_the_middle_of_a_batch_changes_neither_its_values_nor_its_labe
 ) -> None:
     """The swap lands while version 1 predicts a batch: every ride of it is labelled 1."""
     registry, clock = FakeRegistry("1"), FakeClock()
-    loader: ModelLoader
+    loader: ModelHolder
 
     def predict_while_the_alias_moves(rows: Sequence[dict[str, Any]]) -> list[float]:
         registry.version = "2"
         clock.advance(1)
-        loader.get()  # starts the refresh
+        loader.refresh_work.start_if_due()  # another request, finished, starts the refresh
         wait_until(lambda: loader.loaded.version == "2", "the swap", SWAP_TIMEOUT_SECONDS)
         return [1.0] * len(rows)
 
@@ -582,7 +590,7 @@ def test_a_swap_in_the_middle_of_a_batch_changes_neither_its_values_nor_its_labe
         "1": LoadedModel("m", "1", ALIAS_URI, "test", predict_while_the_alias_moves),
         "2": constant_model("2"),
     }
-    loader = ModelLoader(
+    loader = ModelHolder(
         ALIAS_URI,
         "m",
         refresh_seconds=1,

@@ -11,10 +11,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from features import (
+from ride_predictor.errors import InvalidRideError
+from ride_predictor.messages import (
     MAX_RIDE_DURATION,
     MIN_RIDE_DURATION,
-    InvalidRideError,
     RideBatch,
     build_prediction_message,
     decode_message,

@@ -14,11 +14,11 @@ import pytest
 
 import lambda_function
 import lambda_settings
-import settings
 from devstack.pubsub_admin import PubSubAdmin
 from lambda_settings import LambdaSettings
 from lambda_settings import settings_from_env as lambda_settings_from_env
-from settings import CoreSettings, InvalidSettingError, Settings, settings_from_env
+from ride_predictor import settings
+from ride_predictor.settings import CoreSettings, InvalidSettingError, Settings, settings_from_env
 from tests.aws_events import SAMPLE_RIDE, kinesis_event
 from tests.conftest import ModelFixture, ServeFunction, deliver, function_log, push_body
 

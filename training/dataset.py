@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features import prepare_features
+from ride_predictor.messages import prepare_features
 
 MIN_DURATION_MINUTES = 1.0
 MAX_DURATION_MINUTES = 60.0

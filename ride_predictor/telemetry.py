@@ -4,17 +4,19 @@ What only the function knows, and a log line per ride would make expensive, is c
 process (``ride_predictions_total``, ``predicted_ride_duration_minutes``: every ride of a batch
 included) and written to Cloud Monitoring through its OTLP endpoint (Google Cloud Managed
 Service for Prometheus) with OpenTelemetry's data model and exporter. The rest comes from lines
-the function writes anyway, through log-based metrics: ``reason_class`` here names the class of
-a rejection for its ERROR line. ``docs/operations.md`` says why, and what each costs.
+the function writes anyway, through log-based metrics (a rejection's ERROR line carries its
+``reason_class``: ``errors.REASON_CLASSES``). ``docs/operations.md`` says why, and what each
+costs.
 
 Counting is a lock and a bisect per ride (about 0.2 microseconds), kept by hand: the
 OpenTelemetry SDK's instruments cost 5 to 20 microseconds per recorded value, which would double
 the CPU of a 1,000-ride message. ``tests/test_telemetry.py`` pins the totals to the SDK's own
 aggregation. Under Cloud Run's request-based billing the CPU is throttled between requests, so
-no timer thread exports: a request that finds the export due starts one in the background, as
-the model refresh does, and the totals are cumulative, so an export that is late or fails loses
-nothing (the next one carries the totals). The last totals are flushed at process exit.
-Outside Cloud Run (``K_SERVICE`` unset: tests, the local stack) nothing is exported.
+no timer thread exports: the export is periodic background work (``export_work``) that the
+service starts when due, after a message, as it does the model refresh; the totals are
+cumulative, so an export that is late or fails loses nothing (the next one carries the totals).
+The last totals are flushed at process exit. Outside Cloud Run (``K_SERVICE`` unset: tests, the
+local stack) nothing is exported.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from __future__ import annotations
 import atexit
 import bisect
 import logging
-import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
+
+from ride_predictor.background import PeriodicWork
 
 if TYPE_CHECKING:  # imported when a snapshot is taken: the cold start does not pay for them
     from opentelemetry.sdk.metrics.export import MetricsData
@@ -52,35 +55,9 @@ DEFAULT_EXPORT_SECONDS = 60.0
 TELEMETRY_METRICS_ENDPOINT = "https://telemetry.googleapis.com/v1/metrics"
 EXPORT_TIMEOUT_SECONDS = 10.0
 _MONITORING_WRITE_SCOPE = "https://www.googleapis.com/auth/monitoring.write"
-
-# Rejection reasons (features.py, main.py) in a handful of classes, for a metric label: the
-# reasons themselves name JSON paths and values, too many distinct texts for a label.
-_REASON_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (name, re.compile(pattern))
-    for name, pattern in (
-        ("envelope", r"^(event data holds no Pub/Sub message|Pub/Sub message has no data)"),
-        ("base64", r"^message data is not valid base64"),
-        ("too_large", r"^message is \d+ bytes, over the limit"),
-        ("empty", r"^message data is empty"),
-        ("utf8", r"^message data is not valid UTF-8"),
-        ("json", r"^message data is not valid JSON"),
-        ("too_deep", r"^JSON nests deeper than"),
-        ("batch_too_large", r"^message holds \d+ rides, over the limit"),
-        ("prediction", r"^the model (predicted|returned) "),
-        ("event_type", r"^the event's type is "),
-        # msgspec's validation errors: a type, a bound or a missing field, often with a path.
-        ("schema", r"^(Expected |Object missing required field |Integer value out of range)"),
-    )
-)
-REASON_CLASSES: tuple[str, ...] = (*(name for name, _ in _REASON_CLASSES), "other")
-
-
-def reason_class(reason: str) -> str:
-    """The class of a rejection reason (one of ``REASON_CLASSES``), for the ERROR line."""
-    for name, pattern in _REASON_CLASSES:
-        if pattern.search(reason):
-            return name
-    return "other"
+# A histogram point's min and max are not kept (the buckets carry the shape): None leaves them
+# out of the OTLP message, though the SDK's dataclass declares them float.
+_NOT_KEPT: Any = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +79,7 @@ def telemetry_settings(
     project_id: str, export_seconds: float, environ: Mapping[str, str]
 ) -> TelemetrySettings:
     """The export period (``METRICS_EXPORT_SECONDS``, read with the other settings in
-    ``settings.py``) with what Cloud Run tells the instance: ``K_SERVICE``, ``K_REVISION``."""
+    ``settings``) with what Cloud Run tells the instance: ``K_SERVICE``, ``K_REVISION``."""
     return TelemetrySettings(
         project_id=project_id,
         export_seconds=export_seconds,
@@ -133,13 +110,14 @@ class _VersionTotals:
 
 
 class PredictionTelemetry:
-    """The in-process totals, and the request-driven export of them.
+    """The in-process totals, and their periodic export.
 
     ``record_predictions`` is what the function calls per message: it adds to the totals under
-    a lock and, when an export is due, starts it in a background thread; the caller never waits
-    for Cloud Monitoring. ``snapshot`` is the totals in OpenTelemetry's data model (a monotonic
-    cumulative sum and an explicit-bucket histogram per version). Without an exporter (tests,
-    the local stack) the totals are only kept.
+    a lock. ``export_work`` is due every ``export_seconds`` when there is an exporter; started,
+    it exports in a background thread, and the caller never waits for Cloud Monitoring.
+    ``snapshot`` is the totals in OpenTelemetry's data model (a monotonic cumulative sum and an
+    explicit-bucket histogram per version). Without an exporter (tests, the local stack) the
+    totals are only kept.
     """
 
     def __init__(
@@ -149,17 +127,16 @@ class PredictionTelemetry:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._exporter = exporter
-        self._export_seconds = export_seconds
-        self._clock = clock
         self._lock = threading.Lock()
         self._totals: dict[str, _VersionTotals] = {}
         self._start_time_ns = time.time_ns()
-        self._exporting = False
-        self._next_export = clock() + export_seconds
         self._closed = False
+        self.export_work = PeriodicWork("metrics-export", self.flush, export_seconds, clock)
+        if exporter is not None:
+            self.export_work.schedule()
 
     def record_predictions(self, model_version: str, durations: Iterable[int]) -> None:
-        """Count the published predictions of one message, then start an export if one is due."""
+        """Count the published predictions of one message."""
         buckets = DURATION_BUCKETS_MINUTES
         with self._lock:
             totals = self._totals.get(model_version)
@@ -175,8 +152,6 @@ class PredictionTelemetry:
                 bucket_counts[bisect.bisect_left(buckets, minutes)] += 1
                 totals.count += 1
                 totals.total_minutes += minutes
-        if self._exporter is not None and self._clock() >= self._next_export:
-            self._start_export()
 
     def snapshot(self) -> MetricsData:
         """The cumulative totals now, as OpenTelemetry ``MetricsData`` (resource set on export)."""
@@ -214,8 +189,8 @@ class PredictionTelemetry:
                 sum=total,
                 bucket_counts=bucket_counts,
                 explicit_bounds=list(DURATION_BUCKETS_MINUTES),
-                min=None,  # not kept: the buckets carry the shape
-                max=None,
+                min=_NOT_KEPT,
+                max=_NOT_KEPT,
             )
             for version, (count, total, bucket_counts) in totals.items()
         ]
@@ -238,22 +213,6 @@ class PredictionTelemetry:
             [ResourceMetrics(Resource.get_empty(), [ScopeMetrics(scope, metrics, "")], "")]
         )
 
-    def _start_export(self) -> None:
-        with self._lock:
-            if self._exporting or self._closed or self._clock() < self._next_export:
-                return
-            self._exporting = True
-        threading.Thread(target=self._export, name="metrics-export", daemon=True).start()
-
-    def _export(self) -> None:
-        try:
-            self.flush()
-        finally:
-            with self._lock:
-                self._exporting = False
-                # The next period starts now: a slow export starts no other at once behind it.
-                self._next_export = self._clock() + self._export_seconds
-
     def flush(self) -> None:
         """Export the totals now, if there is an exporter; never raises."""
         if self._exporter is None or not self._totals:
@@ -269,6 +228,7 @@ class PredictionTelemetry:
             if self._closed:
                 return
             self._closed = True
+        self.export_work.stop()
         self.flush()
         if self._exporter is not None:
             self._exporter.shutdown()

@@ -7,21 +7,26 @@ published JSON Schemas (``schemas/``, ``make schemas``). What JSON decoding alon
 out is checked around it, in ``decode_message``: the size limit, strict UTF-8 of the whole
 message, and an explicit nesting-depth limit.
 
-Nothing here does I/O or keeps state, so the Cloud Function (``main.py``), the Lambda
-(``aws/lambda_function.py``) and tests share it.
+Nothing here does I/O or keeps state, so the Cloud Function's service (``service``), the
+Lambda (``aws/lambda_function.py``), the schema generator and tests share it. A rejection is an
+``InvalidRideError`` whose ``reason_class`` is set here, where it is raised.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import numbers
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from msgspec import Meta
+
+from ride_predictor.errors import InvalidRideError
 
 # JSON nesting deeper than this is rejected, whatever the interpreter's own recursion limit
 # (which is what would otherwise stop msgspec, and differs between Python versions).
@@ -122,23 +127,6 @@ class PredictionMessage(msgspec.Struct, gc=False):
     prediction: Prediction
 
 
-class InvalidRideError(ValueError):
-    """A message or ride event that can never be predicted (a permanent failure).
-
-    ``reason`` is a human-readable explanation, safe to log and to send to a dead-letter topic.
-    ``ride_index`` is the element's position when the message held a JSON array of rides;
-    ``ride_id`` the event's id when it still has a usable one (for the log line).
-    """
-
-    def __init__(
-        self, reason: str, ride_index: int | None = None, ride_id: int | str | None = None
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.ride_index = ride_index
-        self.ride_id = ride_id
-
-
 class RideBatch:
     """A message holding a JSON array of ride events, each element validated on its own.
 
@@ -199,16 +187,22 @@ def build_prediction_message(
             f"the model predicted {_shown(prediction)} ({type(prediction).__name__}) for this "
             "ride: not a number",
             ride_id=ride_id,
+            reason_class="prediction",
         )
     duration = float(prediction)
     if not math.isfinite(duration):
-        raise InvalidRideError(f"the model predicted {duration} for this ride", ride_id=ride_id)
+        raise InvalidRideError(
+            f"the model predicted {duration} for this ride",
+            ride_id=ride_id,
+            reason_class="prediction",
+        )
     minutes = round(duration)
     if not MIN_RIDE_DURATION <= minutes <= MAX_RIDE_DURATION:
         raise InvalidRideError(
             f"the model predicted {duration:.6g} minutes for this ride: outside "
             f"{MIN_RIDE_DURATION} to {MAX_RIDE_DURATION}, the bound of ride_duration",
             ride_id=ride_id,
+            reason_class="prediction",
         )
     return PredictionMessage(model_name, model_version, Prediction(minutes, ride_id))
 
@@ -231,12 +225,14 @@ def predictions_for(output: Any, rides: int) -> Sequence[Any]:
     if predictions is None:
         raise InvalidRideError(
             f"the model returned {_shown(output)} for {_count(rides, 'ride')}: not one "
-            "prediction per ride"
+            "prediction per ride",
+            reason_class="prediction",
         )
     if len(predictions) != rides:
         raise InvalidRideError(
             f"the model returned {_count(len(predictions), 'prediction')} for "
-            f"{_count(rides, 'ride')}: not one prediction per ride"
+            f"{_count(rides, 'ride')}: not one prediction per ride",
+            reason_class="prediction",
         )
     return predictions
 
@@ -279,6 +275,18 @@ class _RideIdOnly(msgspec.Struct):
 
 
 _RIDE_ID_ONLY = msgspec.json.Decoder(_RideIdOnly)
+DecodedT = TypeVar("DecodedT")
+
+
+def decode_base64(data: str | bytes, what: str) -> bytes:
+    """The message bytes from the strict base64 both clouds deliver them in (Pub/Sub's message
+    data, a Kinesis record's data); ``InvalidRideError`` naming ``what`` if it is not base64."""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidRideError(
+            f"{what} is not valid base64: {error}", reason_class="base64"
+        ) from None
 
 
 def decode_message(data: bytes, max_bytes: int) -> RideEvent | RideBatch:
@@ -290,15 +298,19 @@ def decode_message(data: bytes, max_bytes: int) -> RideEvent | RideBatch:
     returned as its own ``InvalidRideError`` in ``RideBatch.events``.
     """
     if len(data) > max_bytes:
-        raise InvalidRideError(f"message is {len(data)} bytes, over the limit of {max_bytes}")
+        raise InvalidRideError(
+            f"message is {len(data)} bytes, over the limit of {max_bytes}", reason_class="too_large"
+        )
     if not data or data.isspace():
-        raise InvalidRideError("message data is empty")
+        raise InvalidRideError("message data is empty", reason_class="empty")
     if not data.isascii():
         # msgspec checks UTF-8 only in the strings it decodes, not in fields it skips.
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise InvalidRideError(f"message data is not valid UTF-8: {error}") from None
+            raise InvalidRideError(
+                f"message data is not valid UTF-8: {error}", reason_class="utf8"
+            ) from None
     try:
         message = _MESSAGE.decode(data)
     except msgspec.ValidationError:
@@ -306,7 +318,7 @@ def decode_message(data: bytes, max_bytes: int) -> RideEvent | RideBatch:
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         raise _decode_failure(data, error) from None
     if _too_deep(data, message):
-        raise InvalidRideError(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+        raise _too_deep_error()
     if isinstance(message, RideEvent):
         return message
     if message is not None:
@@ -324,12 +336,16 @@ def _element(raw: msgspec.Raw, index: int) -> RideEvent | InvalidRideError:
         return error
 
 
-def _decode(decoder: msgspec.json.Decoder, data: Any, ride_index: int | None = None) -> Any:
+def _decode(
+    decoder: msgspec.json.Decoder[DecodedT], data: Any, ride_index: int | None = None
+) -> DecodedT:
     """``decoder.decode(data)``, every way it can fail turned into an ``InvalidRideError``."""
     try:
         return decoder.decode(data)
     except msgspec.ValidationError as error:
-        raise InvalidRideError(str(error), ride_index, _ride_id_of(data)) from None
+        raise InvalidRideError(
+            str(error), ride_index, _ride_id_of(data), reason_class="schema"
+        ) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         failure = _decode_failure(bytes(data), error)
         failure.ride_index = ride_index
@@ -340,10 +356,18 @@ def _decode_failure(data: bytes, error: Exception) -> InvalidRideError:
     """The permanent error for bytes that msgspec could not decode at all."""
     if isinstance(error, RecursionError):
         # msgspec's own limit is the interpreter's recursion limit, far deeper than ours.
-        return InvalidRideError(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+        return _too_deep_error()
     if isinstance(error, UnicodeDecodeError):
-        return InvalidRideError(f"message data is not valid UTF-8: {error}")
-    return InvalidRideError(f"message data is not valid JSON: {_malformed(data, error)}")
+        return InvalidRideError(f"message data is not valid UTF-8: {error}", reason_class="utf8")
+    return InvalidRideError(
+        f"message data is not valid JSON: {_malformed(data, error)}", reason_class="json"
+    )
+
+
+def _too_deep_error() -> InvalidRideError:
+    return InvalidRideError(
+        f"JSON nests deeper than {MAX_JSON_DEPTH} levels", reason_class="too_deep"
+    )
 
 
 class _NotAJsonNumberError(ValueError):

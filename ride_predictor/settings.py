@@ -45,7 +45,7 @@ DEFAULT_MODEL_REFRESH_SECONDS = 60.0
 # it, then for its own, about two round trips; with a few, it usually finds a free slot.
 # docs/speed.md has the measurement behind the value.
 DEFAULT_MAX_RPCS_IN_FLIGHT = 4
-# How often an instance on Cloud Run writes its own metrics (telemetry.py, docs/operations.md).
+# How often an instance on Cloud Run writes its own metrics (telemetry, docs/operations.md).
 DEFAULT_METRICS_EXPORT_SECONDS = 60.0
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

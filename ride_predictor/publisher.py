@@ -28,8 +28,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
-# Publish RPCs in flight per topic at most (``PUBLISH_MAX_RPCS_IN_FLIGHT``): see settings.py.
-from settings import DEFAULT_MAX_RPCS_IN_FLIGHT
+from ride_predictor.errors import PublishError as PublishError  # raised here: importable here
+
+# Publish RPCs in flight per topic at most (``PUBLISH_MAX_RPCS_IN_FLIGHT``): see settings.
+from ride_predictor.settings import DEFAULT_MAX_RPCS_IN_FLIGHT
 
 # The Publish API takes at most 1,000 messages and 10 MB per request; the byte budget leaves
 # room for the request's own framing.
@@ -37,10 +39,19 @@ MAX_MESSAGES_PER_REQUEST = 1000
 MAX_BYTES_PER_REQUEST = 9 * 1000 * 1000
 # Per-message overhead counted against the byte budget besides data and attributes.
 _MESSAGE_OVERHEAD_BYTES = 64
+# An attribute value holds at most 1,024 bytes (and a message at most 100 attributes).
+MAX_ATTRIBUTE_BYTES = 1024
 
 
-class PublishError(RuntimeError):
-    """A publish did not reach the server in time (a transient failure: retry the input)."""
+def attribute_value(text: str, limit: int = MAX_ATTRIBUTE_BYTES) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8 (an attribute value's limit), whole
+    characters only, with an ellipsis when cut."""
+    if len(text) * 4 <= limit:  # cheap: no character takes more than 4 bytes
+        return text
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode(errors="ignore") + "…"
 
 
 class OutgoingMessage(NamedTuple):
@@ -230,7 +241,9 @@ class PubSubPublisher:
                     sender.wakeup.notify()
                     continue
                 call.wakeup.wait(deadline - now)
-        self._send_batch(topic, call.to_send, deadline)
+        to_send = call.to_send
+        assert to_send is not None  # the loop above is left with a batch to send, or returns
+        self._send_batch(topic, to_send, deadline)
         return self._outcome(call, topic)
 
     def _send_batch(self, topic: str, batch: list[_Call], deadline: float) -> None:
