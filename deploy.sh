@@ -215,9 +215,9 @@ plan_grants() {
   plan() { local IFS=$'\t' && GRANTS+=("$*"); }
   plan runtime topic "$OUTPUT_TOPIC" roles/pubsub.publisher "$FN_MEMBER"
   plan runtime topic "$DEAD_LETTER_TOPIC" roles/pubsub.publisher "$FN_MEMBER"
-  # telemetry.py's OTLP writes to the Telemetry API need telemetry.metrics.write, which this role
-  # holds (https://cloud.google.com/iam/docs/roles-permissions/telemetry); Monitoring's roles are
-  # granted on projects only.
+  # ride_predictor/telemetry.py's OTLP writes to the Telemetry API need telemetry.metrics.write,
+  # which this role holds (https://cloud.google.com/iam/docs/roles-permissions/telemetry);
+  # Monitoring's roles are granted on projects only.
   plan runtime project "$PROJECT" roles/monitoring.metricWriter "$FN_MEMBER"
   [[ -z $MODEL_BUCKET ]] || plan runtime bucket "$MODEL_BUCKET" roles/storage.objectViewer "$FN_MEMBER"
   for pair in ${SECRET_ENV[@]+"${SECRET_ENV[@]}"}; do
