@@ -11,13 +11,21 @@ export CLOUDSDK_CORE_DISABLE_PROMPTS=1 # where gcloud would ask, the answer is a
 SCRIPT_NAME=deploy.sh
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-# Cost defaults, in one place: docs/speed.md's cost table sets them. Billing "request": CPU only
-# during requests, plus a fee per request; "instance": CPU for the instance's life, no request fee
-# (https://cloud.google.com/run/docs/configuring/billing-settings).
-DEFAULT_BILLING=request
-DEFAULT_MIN_INSTANCES=0
+# Cost defaults, in one place: docs/cost.md's "How to choose" sets them. Billing "request": CPU
+# only during requests, plus a fee per request; "instance": CPU for the instance's life, no request
+# fee (https://cloud.google.com/run/docs/configuring/billing-settings). From a steady STEADY_RATE
+# messages a second (single rides break even at 9.5), instance-based billing is cheaper and the
+# per-message log line outgrows Cloud Logging's free 50 GiB: --expected-rate picks both.
+STEADY_RATE=10
+DEFAULT_BILLING=request # without --expected-rate: bursty or unknown traffic
 DEFAULT_CONCURRENCY=32
+#                              request-based  instance-based
+declare -A MIN_INSTANCES_FOR_BILLING=([request]=0 [instance]=1)
 declare -A PUBLISH_RPCS_FOR_BILLING=([request]=4 [instance]=4) # the function's PUBLISH_MAX_RPCS_IN_FLIGHT
+declare -A MESSAGE_LOG_FOR_RATE=([below]=INFO [steady]=DEBUG)   # MESSAGE_LOG_LEVEL; rejections log at ERROR
+declare -A REQUEST_LOG_FOR_RATE=([below]=keep [steady]=exclude) # Cloud Run's request log entry per push
+# The alerts' thresholds (docs/operations.md, "Alerts", says why these).
+DEFAULT_BACKLOG_AGE_SECONDS=300 DEFAULT_ERROR_RATIO=0.05 DEFAULT_NO_PREDICTIONS_SECONDS=600
 
 # The runtime files: the `!/FILE` lines of .gcloudignore, the one list the upload follows.
 mapfile -t RUNTIME_FILES < <(sed -n 's|^!/||p' "$SCRIPT_DIR/.gcloudignore")
@@ -29,7 +37,7 @@ MANAGED_MARK=managed-by=deploy-sh
 SAMPLE_RIDE='{"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}' # the tutorial's
 REQUIRED_APIS=(artifactregistry.googleapis.com cloudbuild.googleapis.com iam.googleapis.com
   cloudresourcemanager.googleapis.com logging.googleapis.com pubsub.googleapis.com
-  run.googleapis.com storage.googleapis.com)
+  run.googleapis.com storage.googleapis.com monitoring.googleapis.com telemetry.googleapis.com)
 # Errors of documented propagation delays, retried (bounded); any other error stops the script:
 # Service Usage's own text, a new service account IAM does not see yet, concurrent IAM edits
 # (https://cloud.google.com/iam/docs/access-change-propagation).
@@ -65,7 +73,19 @@ Options (flags only; defaults in brackets):
   --build-service-account A     your own, prepared (docs/deploy.md) [deploy.sh's FUNCTION-build]
   --docker-repository N [FUNCTION-images]  --base-image I [python312]  --ingress internal|all
   --cpu N [1]  --memory M [1Gi]  --timeout S [60]  --concurrency N [$DEFAULT_CONCURRENCY]
-  --billing request|instance [$DEFAULT_BILLING]  --min-instances N [$DEFAULT_MIN_INSTANCES]  --max-instances N [10]
+  --expected-rate MSG_PER_S     the steady rate you expect: sets the four below (explicit flags
+                                win; docs/deploy.md, "Billing and cost settings")
+  --billing request|instance    [instance from $STEADY_RATE msg/s, else $DEFAULT_BILLING]  --max-instances N [10]
+  --min-instances N [${MIN_INSTANCES_FOR_BILLING[instance]} instance-based, ${MIN_INSTANCES_FOR_BILLING[request]} request-based]
+  --message-log-level L         [DEBUG (the line off) from $STEADY_RATE msg/s, else INFO]
+  --request-log keep|exclude    Cloud Run's request log of this service [exclude from $STEADY_RATE msg/s]
+Operations (docs/operations.md):
+  --alert-email ADDRESS         the alerts' email channel [none: the alerts show in the console]
+  --alert-backlog-age-seconds N [$DEFAULT_BACKLOG_AGE_SECONDS]  --alert-error-ratio R [$DEFAULT_ERROR_RATIO]
+  --alert-no-predictions-seconds N [$DEFAULT_NO_PREDICTIONS_SECONDS]  --no-alerts (leave alert policies alone)
+  --prediction-log|--no-prediction-log  every prediction kept in BigQuery [on]
+  --prediction-log-dataset D [FUNCTION, dashes as _]  --delete-prediction-log (destroy: the
+                                dataset too; by default its history is kept)
   --cpu-boost|--no-cpu-boost [on]  --force (rebuild)  --verify|--no-verify (a run arming
   dead-lettering verifies anyway)  --verify-timeout S [600]  --log-limit N [50]
   --yes (destroy without asking)  --dry-run (print the commands; run-time values are
@@ -110,8 +130,8 @@ run() {
   local description=$1 attempt=1 status
   shift
   CHANGES=$((CHANGES + 1))
-  is_dry_run && shell_quote "$@" && return 0
-  log "    + $description" && log "      \$ $(shell_quote "$@")"
+  is_dry_run && printf '%s%s\n' "${DRY_PREFIX:-}" "$(shell_quote "$@")" && return 0
+  log "    + $description" && log "      \$ ${DRY_PREFIX:-}$(shell_quote "$@")"
   while true; do
     status=0
     { "$@" <"${RUN_INPUT:-/dev/null}" 2>&1 1>&3 3>&- | tee "$WORK_DIR/stderr" >&2 3>&-; } 3>&2 || status=$?
@@ -142,41 +162,50 @@ query() {
 
 # --------------------------------------------------------------------------------------- IAM
 
-# iam_command VERB KIND NAME: IAM_COMMAND is gcloud's IAM VERB on that resource. All but Pub/Sub
-# take --condition=None: unattended, gcloud refuses to edit a policy holding conditional bindings
-# without it (googlecloudsdk/command_lib/iam/iam_util.py).
+# iam_command VERB KIND NAME FLAG...: IAM_COMMAND is the IAM VERB on that resource. All but
+# Pub/Sub take --condition=None: unattended, gcloud refuses to edit a policy holding conditional
+# bindings without it (googlecloudsdk/command_lib/iam/iam_util.py). A table is bq's: its flags
+# come before the table, and it prints the policy as JSON (frontend/commands_iam.py).
 iam_command() {
-  local condition=(--condition=None)
-  case $2 in
-    project) IAM_COMMAND=(gcloud projects "$1" "$3") ;;
-    topic | subscription) IAM_COMMAND=(gcloud pubsub "$2s" "$1" "$3" "${P[@]}") && condition=() ;;
-    service-account) IAM_COMMAND=(gcloud iam service-accounts "$1" "$3" "${P[@]}") ;;
-    bucket) IAM_COMMAND=(gcloud storage buckets "$1" "gs://$3" "${P[@]}") ;;
-    repository) IAM_COMMAND=(gcloud artifacts repositories "$1" "$3" --location="$REGION" "${P[@]}") ;;
-    secret) IAM_COMMAND=(gcloud secrets "$1" "$3" "${P[@]}") ;;
-    service) IAM_COMMAND=(gcloud run services "$1" "$3" --region="$REGION" "${P[@]}") ;;
+  local verb=$1 kind=$2 name=$3 condition=(--condition=None)
+  shift 3
+  [[ $verb != get-iam-policy ]] || condition=()
+  case $kind in
+    project) IAM_COMMAND=(gcloud projects "$verb" "$name") ;;
+    topic | subscription) IAM_COMMAND=(gcloud pubsub "${kind}s" "$verb" "$name" "${P[@]}") && condition=() ;;
+    service-account) IAM_COMMAND=(gcloud iam service-accounts "$verb" "$name" "${P[@]}") ;;
+    bucket) IAM_COMMAND=(gcloud storage buckets "$verb" "gs://$name" "${P[@]}") ;;
+    repository) IAM_COMMAND=(gcloud artifacts repositories "$verb" "$name" --location="$REGION" "${P[@]}") ;;
+    secret) IAM_COMMAND=(gcloud secrets "$verb" "$name" "${P[@]}") ;;
+    service) IAM_COMMAND=(gcloud run services "$verb" "$name" --region="$REGION" "${P[@]}") ;;
+    table) IAM_COMMAND=(bq "$verb" --project_id="$PROJECT" --table "$@" "$name") && return 0 ;;
   esac
-  [[ $1 == get-iam-policy ]] || IAM_COMMAND+=("${condition[@]}")
+  IAM_COMMAND+=(${condition[@]+"${condition[@]}"} "$@")
 }
 
 has_binding() { # KIND NAME ROLE MEMBER: granted without a condition (a missing resource: no)
-  iam_command get-iam-policy "$1" "$2"
-  query "${IAM_COMMAND[@]}" --format="value(bindings.filter(\"role=$3 AND members=$4 AND -condition:*\").extract(role).flatten())" &&
-    [[ -n $QUERY_OUT ]]
+  if [[ $1 == table ]]; then # bq's JSON: a binding with a condition holds a nested object
+    iam_command get-iam-policy "$1" "$2" --format=json
+    query "${IAM_COMMAND[@]}" && grep -o '{[^{}]*}' <<<"$QUERY_OUT" | grep -F "\"$3\"" | grep -Fq "\"$4\""
+    return
+  fi
+  iam_command get-iam-policy "$1" "$2" --format="value(bindings.filter(\"role=$3 AND members=$4 AND -condition:*\").extract(role).flatten())"
+  query "${IAM_COMMAND[@]}" && [[ -n $QUERY_OUT ]]
 }
 
 grant() { # KIND NAME ROLE MEMBER
   has_binding "$@" && ok "$4 has $3 on $1 $2" && return 0
   grep -Fxq "$1"$'\t'"$2"$'\t'"$3"$'\t'"$4" <<<"$LEDGER_BEFORE" && log "    drift: grant $3 on $1 $2 is gone"
-  iam_command add-iam-policy-binding "$1" "$2"
-  run "grant $3 on $1 $2 to $4" "${IAM_COMMAND[@]}" --member="$4" --role="$3"
+  iam_command add-iam-policy-binding "$1" "$2" --member="$4" --role="$3"
+  run "grant $3 on $1 $2 to $4" "${IAM_COMMAND[@]}"
   FRESH_GRANTS=1
 }
 
 revoke() { # KIND NAME ROLE MEMBER
+  [[ $1 != table ]] || command -v bq >/dev/null || { log "    note: without bq, $4 keeps $3 on $2" && return 0; }
   has_binding "$@" || is_dry_run || return 0
-  iam_command remove-iam-policy-binding "$1" "$2"
-  run "revoke $3 on $1 $2 from $4" "${IAM_COMMAND[@]}" --member="$4" --role="$3"
+  iam_command remove-iam-policy-binding "$1" "$2" --member="$4" --role="$3"
+  run "revoke $3 on $1 $2 from $4" "${IAM_COMMAND[@]}"
 }
 
 # Every grant deploy.sh makes, as PHASE KIND NAME ROLE MEMBER (tab-separated); the phase says when.
@@ -186,6 +215,10 @@ plan_grants() {
   plan() { local IFS=$'\t' && GRANTS+=("$*"); }
   plan runtime topic "$OUTPUT_TOPIC" roles/pubsub.publisher "$FN_MEMBER"
   plan runtime topic "$DEAD_LETTER_TOPIC" roles/pubsub.publisher "$FN_MEMBER"
+  # ride_predictor/telemetry.py's OTLP writes to the Telemetry API need telemetry.metrics.write,
+  # which this role holds (https://cloud.google.com/iam/docs/roles-permissions/telemetry);
+  # Monitoring's roles are granted on projects only.
+  plan runtime project "$PROJECT" roles/monitoring.metricWriter "$FN_MEMBER"
   [[ -z $MODEL_BUCKET ]] || plan runtime bucket "$MODEL_BUCKET" roles/storage.objectViewer "$FN_MEMBER"
   for pair in ${SECRET_ENV[@]+"${SECRET_ENV[@]}"}; do
     pair=${pair#*=} && plan runtime secret "${pair%%:*}" roles/secretmanager.secretAccessor "$FN_MEMBER"
@@ -200,6 +233,12 @@ plan_grants() {
   plan agent topic "$DEAD_LETTER_TOPIC" roles/pubsub.publisher "$AGENT_MEMBER"
   plan subscription subscription "$PUSH_SUBSCRIPTION" roles/pubsub.subscriber "$AGENT_MEMBER"
   plan service service "$FUNCTION_NAME" roles/run.invoker "$INVOKER_MEMBER"
+  ((PREDICTION_LOG == 1)) || return 0
+  # The agent writes the prediction log and forwards the rows it cannot write, on its table and
+  # its own topics only (https://cloud.google.com/pubsub/docs/create-bigquery-subscription).
+  plan table table "$PREDICTION_LOG_TABLE" roles/bigquery.dataEditor "$AGENT_MEMBER"
+  plan agent topic "$PREDICTION_LOG_DEAD_LETTER" roles/pubsub.publisher "$AGENT_MEMBER"
+  plan log subscription "$PREDICTION_LOG_SUBSCRIPTION" roles/pubsub.subscriber "$AGENT_MEMBER"
 }
 
 grant_phase() {
@@ -244,7 +283,9 @@ VALUE_FLAGS=" --project --region --function-name --model-uri --model-bucket --mo
   --dead-letter-subscription --dead-letter-retention --ack-deadline --min-retry-delay
   --max-retry-delay --max-delivery-attempts --service-account --invoker-service-account
   --build-service-account --docker-repository --base-image --cpu --memory --concurrency --timeout
-  --min-instances --max-instances --billing --ingress --verify-timeout --log-limit "
+  --min-instances --max-instances --billing --ingress --verify-timeout --log-limit --expected-rate
+  --message-log-level --alert-email --alert-backlog-age-seconds --alert-error-ratio
+  --alert-no-predictions-seconds --prediction-log-dataset --request-log "
 variable_of() {
   local name=${1#--}
   [[ $name != *-secret ]] || name=${name#mlflow-tracking-}
@@ -252,6 +293,7 @@ variable_of() {
 }
 for flag in $VALUE_FLAGS; do unset "$(variable_of "$flag")"; done
 COMMAND=deploy DRY_RUN=0 ASSUME_YES=0 FORCE=0 VERIFY=auto ALLOW_PICKLE="" CPU_BOOST=true EXTRA_ENV=()
+PREDICTION_LOG=1 ALERTS=1 DELETE_PREDICTION_LOG=0
 while (($# > 0)); do
   [[ $1 != --*=* ]] || set -- "${1%%=*}" "${1#*=}" "${@:2}"
   case $1 in
@@ -266,6 +308,10 @@ while (($# > 0)); do
     --no-cpu-boost) CPU_BOOST=false ;;
     --allow-pickle) ALLOW_PICKLE=true ;;
     --no-allow-pickle) ALLOW_PICKLE=false ;;
+    --prediction-log) PREDICTION_LOG=1 ;;
+    --no-prediction-log) PREDICTION_LOG=0 ;;
+    --delete-prediction-log) DELETE_PREDICTION_LOG=1 ;;
+    --no-alerts) ALERTS=0 ;;
     --*)
       [[ $1 == --env || $VALUE_FLAGS == *" $1"[[:space:]]* ]] || die "unknown option '$1' (see --help)"
       # A value that looks like an option (`--input-topic --help`) is a mistake, not a name.
@@ -297,8 +343,10 @@ done <"$PUSH_SETTINGS_FILE"
 : "${MAX_RETRY_DELAY:=$FILE_MAX_RETRY_DELAY_SECONDS}" "${SERVICE_ACCOUNT:=$FUNCTION_NAME-fn}"
 : "${INVOKER_SERVICE_ACCOUNT:=$FUNCTION_NAME-invoker}" "${BUILD_SERVICE_ACCOUNT:=}" "${BASE_IMAGE:=python312}"
 : "${DOCKER_REPOSITORY:=$FUNCTION_NAME-images}" "${CPU:=1}" "${MEMORY:=1Gi}" "${TIMEOUT:=60}"
-: "${CONCURRENCY:=$DEFAULT_CONCURRENCY}" "${MIN_INSTANCES:=$DEFAULT_MIN_INSTANCES}" "${MAX_INSTANCES:=10}"
-: "${BILLING:=$DEFAULT_BILLING}" "${INGRESS:=internal}" "${VERIFY_TIMEOUT:=600}" "${LOG_LIMIT:=50}"
+: "${CONCURRENCY:=$DEFAULT_CONCURRENCY}" "${MAX_INSTANCES:=10}" "${EXPECTED_RATE:=}" "${MESSAGE_LOG_LEVEL:=}"
+: "${INGRESS:=internal}" "${VERIFY_TIMEOUT:=600}" "${LOG_LIMIT:=50}" "${ALERT_EMAIL:=}"
+: "${ALERT_BACKLOG_AGE_SECONDS:=$DEFAULT_BACKLOG_AGE_SECONDS}" "${ALERT_ERROR_RATIO:=$DEFAULT_ERROR_RATIO}"
+: "${ALERT_NO_PREDICTIONS_SECONDS:=$DEFAULT_NO_PREDICTIONS_SECONDS}" "${PREDICTION_LOG_DATASET:=${FUNCTION_NAME//-/_}}"
 : "${DEPLOY_RETRY_ATTEMPTS:=6}" "${DEPLOY_RETRY_DELAY_SECONDS:=15}" "${DEPLOY_VERIFY_POLL_SECONDS:=5}"
 
 # --------------------------------------------------------------------------------- validation
@@ -326,6 +374,26 @@ for name in TOKEN_SECRET USERNAME_SECRET PASSWORD_SECRET; do
   check secret "${!name}" '^$|^[A-Za-z0-9_-]{1,255}(:([1-9][0-9]*|latest))?$' "SECRET or SECRET:VERSION"
 done
 TIMEOUT=${TIMEOUT%s}
+# The rate you state picks what no flag says (docs/cost.md, "How to choose"); explicit flags win.
+check "expected rate" "$EXPECTED_RATE" '^$|^[0-9]+(\.[0-9]+)?$' "messages a second, e.g. 0.5 or 200"
+RATE_CLASS=below
+[[ -z $EXPECTED_RATE ]] || ((10#${EXPECTED_RATE%%.*} < STEADY_RATE)) || RATE_CLASS=steady
+[[ -n ${BILLING:-} ]] || BILLING=$([[ $RATE_CLASS == steady ]] && echo instance || echo "$DEFAULT_BILLING")
+[[ $BILLING =~ ^(request|instance)$ ]] || die "--billing must be request or instance"
+: "${MIN_INSTANCES:=${MIN_INSTANCES_FOR_BILLING[$BILLING]}}" "${MESSAGE_LOG_LEVEL:=${MESSAGE_LOG_FOR_RATE[$RATE_CLASS]}}"
+: "${REQUEST_LOG:=${REQUEST_LOG_FOR_RATE[$RATE_CLASS]}}"
+[[ $REQUEST_LOG =~ ^(keep|exclude)$ ]] || die "--request-log must be keep or exclude"
+MESSAGE_LOG_LEVEL=${MESSAGE_LOG_LEVEL^^}
+check "message log level" "$MESSAGE_LOG_LEVEL" '^(DEBUG|INFO|WARNING|ERROR)$' "DEBUG, INFO, WARNING or ERROR"
+# The alerts: an address render.bash takes (no quote, backslash or space); a metric-absence
+# condition lasts 120 s to 23.5 h in whole minutes (https://cloud.google.com/monitoring/alerts/metric-absence).
+check "alert email" "$ALERT_EMAIL" '^$|^[^][@[:space:]"\\(),:;<>]+@[-A-Za-z0-9]+(\.[-A-Za-z0-9]+)+$' "an email address"
+check "--alert-backlog-age-seconds" "$ALERT_BACKLOG_AGE_SECONDS" '^[1-9][0-9]{0,5}$' "1 to 999999 seconds"
+check "--alert-error-ratio" "$ALERT_ERROR_RATIO" '^0?\.[0-9]*[1-9][0-9]*$' "a fraction between 0 and 1, e.g. 0.05"
+check "--alert-no-predictions-seconds" "$ALERT_NO_PREDICTIONS_SECONDS" '^[1-9][0-9]*$' "whole minutes in seconds"
+((ALERT_NO_PREDICTIONS_SECONDS >= 120 && ALERT_NO_PREDICTIONS_SECONDS <= 84600 && ALERT_NO_PREDICTIONS_SECONDS % 60 == 0)) ||
+  die "--alert-no-predictions-seconds must be whole minutes from 120 to 84600 (23.5 h)"
+check "--prediction-log-dataset" "$PREDICTION_LOG_DATASET" '^[A-Za-z0-9_]{1,1024}$' "letters, digits and _"
 for name in MAX_INSTANCES MIN_INSTANCES CONCURRENCY MAX_DELIVERY_ATTEMPTS MIN_RETRY_DELAY MAX_RETRY_DELAY \
   TIMEOUT VERIFY_TIMEOUT LOG_LIMIT DEPLOY_RETRY_ATTEMPTS DEPLOY_RETRY_DELAY_SECONDS DEPLOY_VERIFY_POLL_SECONDS; do
   check "$name" "${!name}" '^[0-9]+$' "a whole number"
@@ -345,7 +413,6 @@ declare -A UNIT=([m]=60 [h]=3600 [d]=86400)
 RETENTION_SECONDS=$((BASH_REMATCH[1] * UNIT[${BASH_REMATCH[2]}]))
 ((RETENTION_SECONDS >= 600 && RETENTION_SECONDS <= 2678400)) || die "--dead-letter-retention must be 10m to 31d"
 ((MIN_INSTANCES <= MAX_INSTANCES)) || die "--min-instances is above --max-instances"
-[[ $BILLING =~ ^(request|instance)$ ]] || die "--billing must be request or instance"
 [[ $INGRESS =~ ^(internal|all)$ ]] || die "--ingress must be internal or all"
 check memory "$MEMORY" '^[1-9][0-9]*(Mi|Gi)$' "e.g. 512Mi or 2Gi"
 # Below 1 vCPU: concurrency 1 and request billing; above: whole vCPUs
@@ -361,7 +428,8 @@ for pair in ${EXTRA_ENV[@]+"${EXTRA_ENV[@]}"}; do
   name=${pair%%=*} && [[ ! $name =~ ^MLFLOW_TRACKING_(TOKEN|USERNAME|PASSWORD)$ ]] || die "$name must not be a plain
   environment value: keep it in Secret Manager and pass --mlflow-tracking-${BASH_REMATCH[1],,}-secret"
   [[ " MODEL_URI PROJECT_ID PUBLISH_STREAM DEAD_LETTER_STREAM MODEL_NAME THREADS SOURCE_SUBSCRIPTION MODEL_VERSION
-    PUBLISH_MAX_RPCS_IN_FLIGHT MLFLOW_ALLOW_PICKLE_DESERIALIZATION MODEL_REFRESH_SECONDS MLFLOW_TRACKING_URI " != *[[:space:]]${name}[[:space:]]* ]] ||
+    PUBLISH_MAX_RPCS_IN_FLIGHT MLFLOW_ALLOW_PICKLE_DESERIALIZATION MODEL_REFRESH_SECONDS MLFLOW_TRACKING_URI
+    MESSAGE_LOG_LEVEL " != *[[:space:]]${name}[[:space:]]* ]] ||
     die "$name is set by deploy.sh from its own flags (see --help)"
 done
 [[ -z $TOKEN_SECRET || -z $USERNAME_SECRET$PASSWORD_SECRET ]] || die "MLflow takes a token or a username and password, not both"
@@ -389,6 +457,14 @@ for i in "${!SECRET_ENV[@]}"; do [[ ${SECRET_ENV[i]#*=} == *:* ]] || SECRET_ENV[
 MODEL_BUCKET=${MODEL_BUCKET#gs://}
 [[ -n $MODEL_BUCKET || $MODEL_URI != gs://* ]] || MODEL_BUCKET=${MODEL_URI#gs://} MODEL_BUCKET=${MODEL_BUCKET%%/*}
 
+# The prediction log (docs/operations.md): a BigQuery subscription on Stream B writes every
+# prediction but verify's into DATASET.predictions; rows it cannot write go to its own dead letters.
+PREDICTION_LOG_SUBSCRIPTION="$FUNCTION_NAME-prediction-log" PREDICTION_LOG_FILTER='NOT attributes:deploy_verify'
+PREDICTION_LOG_DEAD_LETTER="$FUNCTION_NAME-prediction-log-dead-letter"
+PREDICTION_LOG_TABLE="$PROJECT:$PREDICTION_LOG_DATASET.predictions"
+OURS_FILTER="userLabels.managed_by=\"ride-prediction-deploy\" AND userLabels.service=\"$FUNCTION_NAME\"" # monitoring/'s labels
+POLICIES=(gcloud alpha monitoring policies) CHANNELS=(gcloud beta monitoring channels) BETA=beta # check_components
+
 WORK_DIR=$(mktemp -d)
 VERIFY_SUBSCRIPTIONS=() LEDGER="" LEDGER_BEFORE="" FRESH_GRANTS=0
 cleanup() { # verify's subscriptions, if it did not get to delete them (they expire within a day)
@@ -406,7 +482,8 @@ ensure_apis_and_project() {
   local api missing=()
   query gcloud services list --enabled "${P[@]}" --format='value(config.name)' || true
   ENABLED_APIS=$QUERY_OUT
-  for api in "${REQUIRED_APIS[@]}" ${SECRET_ENV[@]+secretmanager.googleapis.com}; do
+  for api in "${REQUIRED_APIS[@]}" ${SECRET_ENV[@]+secretmanager.googleapis.com} \
+    $( ((PREDICTION_LOG == 0)) || echo bigquery.googleapis.com); do
     grep -Fxq "$api" <<<"$ENABLED_APIS" || missing+=("$api")
   done
   ((${#missing[@]} == 0)) || run "enable ${missing[*]}" gcloud services enable "${missing[@]}" "${P[@]}"
@@ -491,6 +568,7 @@ pickle_setting() {
 
 # -------------------------------------------------------------------------------- the service
 
+sha256() { if command -v sha256sum >/dev/null; then sha256sum; else shasum -a 256; fi; }
 cpu_millis() { # 1 -> 1000, 0.5 -> 500, 1000m -> 1000
   local fraction=${1#*.}000
   if [[ $1 == *m ]]; then echo "${1%m}"; elif [[ $1 == *.* ]]; then echo $((10#${1%%.*} * 1000 + 10#${fraction:0:3})); else echo $(($1 * 1000)); fi
@@ -505,7 +583,7 @@ plan_service() {
   local env=("MODEL_URI=$MODEL_URI" "PROJECT_ID=$PROJECT" "PUBLISH_STREAM=$OUTPUT_TOPIC"
     "DEAD_LETTER_STREAM=$DEAD_LETTER_TOPIC" "MODEL_NAME=$MODEL_NAME"
     "THREADS=$CONCURRENCY" # functions-framework's gunicorn threads: one per concurrent request
-    "PUBLISH_MAX_RPCS_IN_FLIGHT=${PUBLISH_RPCS_FOR_BILLING[$BILLING]}"
+    "PUBLISH_MAX_RPCS_IN_FLIGHT=${PUBLISH_RPCS_FOR_BILLING[$BILLING]}" "MESSAGE_LOG_LEVEL=$MESSAGE_LOG_LEVEL"
     # functions-framework's conversion of a raw push drops its `subscription`: dead letters'
     # dlq_source_subscription comes from here.
     "SOURCE_SUBSCRIPTION=$PUSH_PATH" "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=$ALLOW_PICKLE"
@@ -515,7 +593,7 @@ plan_service() {
   source=$({
     for pair in "${RUNTIME_FILES[@]}"; do printf '%s\0' "$pair" && cat "$pair" && printf '\0'; done
     printf '%s\0' "$BASE_IMAGE" "$ENTRY_POINT" "$BUILD_EMAIL" "$IMAGE"
-  } | { if command -v sha256sum >/dev/null; then sha256sum; else shasum -a 256; fi; } | cut -c1-40)
+  } | sha256 | cut -c1-40)
   DESIRED=([service-account]=$FN_EMAIL [cpu]=$(cpu_millis "$CPU") [memory]=$(mebibytes "$MEMORY")
     [concurrency]=$CONCURRENCY [timeout]=$TIMEOUT [min-instances]=$MIN_INSTANCES [max-instances]=$MAX_INSTANCES
     [cpu-boost]=$CPU_BOOST [ingress]=$INGRESS [cpu-throttling]=$([[ $BILLING == request ]] && echo true || echo false)
@@ -654,6 +732,218 @@ update_push_subscription() {
   if [[ ${1:-} == dead-letter ]]; then PUSH_LIVE=("${PUSH_LIVE[0]}" "${wanted[@]}"); else PUSH_LIVE=("${PUSH_LIVE[0]}" "${wanted[@]:0:7}" "${live[@]:7}"); fi
 }
 
+# ---------------------------------------------------------------------------------- operations
+
+# gcloud 528 has `monitoring policies` in its alpha track only, `monitoring channels` and
+# `services identity` in alpha and beta (surface/monitoring/policies/__init__.py, channels/
+# __init__.py, surface/services/identity/__init__.py); bq is a component of its own. `gcloud info`
+# reads what is installed without calling an API, so a missing one stops the run before any
+# change (gcloud itself would offer to install it, which unattended it refuses). A dry run plans as
+# if all were there.
+check_components() {
+  local alpha beta bq missing=()
+  query gcloud info --format='value[separator="|"](installation.components.alpha,installation.components.beta,installation.components.bq)' || return 0
+  IFS='|' read -r alpha beta bq <<<"$QUERY_OUT"
+  if [[ -z $beta ]]; then # alpha has what deploy.sh takes from beta
+    [[ -n $alpha ]] || missing+=(beta)
+    BETA=alpha CHANNELS=(gcloud alpha monitoring channels)
+  fi
+  ((ALERTS == 0)) || [[ -n $alpha ]] || missing+=(alpha)
+  ((PREDICTION_LOG == 0)) || [[ -n $bq ]] || missing+=(bq)
+  ((${#missing[@]} == 0)) || die "this gcloud lacks its ${missing[*]} component(s), which deploy.sh uses (beta or alpha: the
+  Pub/Sub service agent; alpha: alert policies; bq: the prediction log). Nothing was changed. Install them with
+    gcloud components install ${missing[*]}
+  (a gcloud installed with apt or yum: its google-cloud-cli package holds all three; Cloud Shell has them),
+  or leave those parts out: --no-alerts, --no-prediction-log"
+}
+
+# The definitions of monitoring/, rendered for this deployment (monitoring/render.bash). Each also
+# carries DEFINITION, a hash of its own rendered text, in a label (the log-based metrics: in their
+# description): a re-run rewrites a resource only when the hash it carries differs, so a second
+# run changes nothing and a change of a file or a threshold updates that resource in place.
+# shellcheck disable=SC1091 # shellcheck checks render.bash on its own (Makefile)
+source "$SCRIPT_DIR/monitoring/render.bash"
+render() { # FILE: $WORK_DIR/rendered.json, RENDERED_ARGS (what `render_template` was given), DEFINITION
+  local pair text values=("PROJECT_ID=$PROJECT" "SERVICE=$FUNCTION_NAME" "INPUT_TOPIC=$INPUT_TOPIC"
+    "INPUT_SUBSCRIPTION=$PUSH_SUBSCRIPTION" "OUTPUT_TOPIC=$OUTPUT_TOPIC" "DEAD_LETTER_TOPIC=$DEAD_LETTER_TOPIC"
+    "DEAD_LETTER_SUBSCRIPTION=$DEAD_LETTER_SUBSCRIPTION" "PREDICTION_LOG_SUBSCRIPTION=$PREDICTION_LOG_SUBSCRIPTION"
+    "ALERT_EMAIL=$ALERT_EMAIL" "BACKLOG_AGE_SECONDS=$ALERT_BACKLOG_AGE_SECONDS" "ERROR_RATIO=$ALERT_ERROR_RATIO"
+    "NO_PREDICTIONS_SECONDS=$ALERT_NO_PREDICTIONS_SECONDS")
+  RENDERED_FILE=$1 RENDERED_ARGS=()
+  for pair in "${values[@]}"; do grep -Fq "{{${pair%%=*}}}" "$1" && RENDERED_ARGS+=("$pair"); done
+  text=$(render_template "$1" "${RENDERED_ARGS[@]}" DEFINITION=) || die "could not render $1"
+  DEFINITION=$(printf '%s\n' "$text" | sha256 | cut -c1-16)
+  RENDERED_ARGS+=("DEFINITION=$DEFINITION")
+  render_template "$1" "${RENDERED_ARGS[@]}" >"$WORK_DIR/rendered.json"
+}
+run_rendered() { # DESCRIPTION COMMAND...: COMMAND reads the rendered file on its stdin (`-`)
+  RUN_INPUT=$WORK_DIR/rendered.json DRY_PREFIX="$(shell_quote render_template "$RENDERED_FILE" "${RENDERED_ARGS[@]}") | " run "$@"
+}
+
+# Log-based metrics have fixed names (SERVICE-FILE) and no labels: the hash is in their description.
+ensure_log_metrics() {
+  local file name
+  for file in monitoring/log-metrics/*.json; do
+    render "$file" && name="$FUNCTION_NAME-$(basename "$file" .json)"
+    if query gcloud logging metrics describe "$name" "${P[@]}" --format='value(description)'; then
+      [[ $QUERY_OUT != *"definition $DEFINITION"* ]] || { ok "log-based metric $name" && continue; }
+      run_rendered "log-based metric $name, in place" gcloud logging metrics update "$name" --config-from-file=- "${P[@]}"
+    else
+      run_rendered "create log-based metric $name" gcloud logging metrics create "$name" --config-from-file=- "${P[@]}"
+    fi
+  done
+}
+
+# The email channel, found by its labels: one with --alert-email (its address changes in place),
+# none without. A channel deleted with --force leaves the policies that named it.
+ensure_channel() {
+  local found=() line
+  CHANNEL=""
+  query "${CHANNELS[@]}" list --filter="$OURS_FILTER" --format='value[separator="|"](name,userLabels.definition)' "${P[@]}" || true
+  mapfile -t found < <(sed '/^$/d' <<<"$QUERY_OUT")
+  if [[ -n $ALERT_EMAIL ]]; then
+    render monitoring/notification-channel.json
+    if ((${#found[@]} == 0)); then
+      run_rendered "create the alerts' email channel" "${CHANNELS[@]}" create --channel-content-from-file=- "${P[@]}"
+      query "${CHANNELS[@]}" list --filter="$OURS_FILTER" --format='value(name)' "${P[@]}" || true
+      CHANNEL=${QUERY_OUT%%$'\n'*} && CHANNEL=${CHANNEL:-CHANNEL}
+    else
+      CHANNEL=${found[0]%%|*}
+      if [[ ${found[0]#*|} == "$DEFINITION" ]]; then ok "email channel $CHANNEL"; else
+        run_rendered "the alerts' email channel, in place" "${CHANNELS[@]}" update "$CHANNEL" --channel-content-from-file=- "${P[@]}"
+      fi
+      found=("${found[@]:1}")
+    fi
+  fi
+  for line in ${found[@]+"${found[@]}"}; do
+    run "delete email channel ${line%%|*}" "${CHANNELS[@]}" delete "${line%%|*}" --force --quiet "${P[@]}"
+  done
+}
+
+# Alert policies have no name of our choosing: found by their labels, policy = the file's name.
+# An update replaces the policy with the file (gcloud's `policies update --policy-from-file`) and
+# keeps the notification channels the policy has (yours, added in the console) plus ours.
+ensure_policies() {
+  local live file stem name definition channels wanted=()
+  query "${POLICIES[@]}" list --filter="$OURS_FILTER" "${P[@]}" \
+    --format='value[separator="|"](userLabels.policy,name,userLabels.definition,notificationChannels.list())' || true
+  live=$QUERY_OUT
+  for file in monitoring/policies/*.json; do
+    stem=$(basename "$file" .json) && render "$file"
+    if ! IFS='|' read -r _ name definition channels < <(grep -m1 "^$stem|" <<<"$live"); then
+      run_rendered "create alert policy $stem" "${POLICIES[@]}" create --policy-from-file=- \
+        ${CHANNEL:+"--notification-channels=$CHANNEL"} "${P[@]}"
+      continue
+    fi
+    [[ $definition != "$DEFINITION" || (-n $CHANNEL && ,$channels, != *",$CHANNEL,"*) ]] || { ok "alert policy $stem" && continue; }
+    IFS=, read -r -a wanted <<<"$channels"
+    [[ -z $CHANNEL || ,$channels, == *",$CHANNEL,"* ]] || wanted+=("$CHANNEL")
+    run_rendered "alert policy $stem, in place" "${POLICIES[@]}" update "$name" --policy-from-file=- \
+      ${wanted[0]:+"--set-notification-channels=$(IFS=, && echo "${wanted[*]}")"} "${P[@]}"
+  done
+  while IFS='|' read -r stem name _; do # a policy of ours that no file defines any more
+    [[ -z $stem || -f monitoring/policies/$stem.json ]] || run "delete alert policy $stem" "${POLICIES[@]}" delete "$name" --quiet "${P[@]}"
+  done <<<"$live"
+}
+
+# The dashboard's id is fixed by its file's name (SERVICE-operations). An update carries the etag
+# it read (https://cloud.google.com/monitoring/api/ref_v3/rest/v1/projects.dashboards/patch).
+ensure_dashboard() {
+  local id="$FUNCTION_NAME-operations" etag definition text
+  render monitoring/dashboard.json
+  if query gcloud monitoring dashboards describe "$id" "${P[@]}" --format='value[separator="|"](etag,labels.definition)'; then
+    IFS='|' read -r etag definition <<<"$QUERY_OUT"
+    [[ $definition != "$DEFINITION" ]] || { ok "dashboard $id" && return 0; }
+    text=$(<"$WORK_DIR/rendered.json") && printf '{"etag": "%s",%s\n' "$etag" "${text#\{}" >"$WORK_DIR/rendered.json"
+    run_rendered "dashboard $id, in place" gcloud monitoring dashboards update "$id" --config-from-file=- "${P[@]}"
+  else
+    run_rendered "create dashboard $id" gcloud monitoring dashboards create --config-from-file=- "${P[@]}"
+  fi
+}
+
+# The prediction log's dataset and table (bq: https://cloud.google.com/bigquery/docs/reference/
+# bq-cli-reference), partitioned by day on publish_time, the column the docs' SQL filters on. The
+# table's label deploy-sh-schema holds a hash of the schema file; `bq update --schema` adds the
+# columns a newer schema has (BigQuery never drops one).
+BQ_LABELS=(--label=managed-by:deploy-sh "--label=deploy-sh-function:$FUNCTION_NAME")
+ensure_prediction_log_table() {
+  local schema=monitoring/prediction-log.bigquery.json hash dataset="$PROJECT:$PREDICTION_LOG_DATASET"
+  hash=$(sha256 <"$schema" | cut -c1-16)
+  if query bq show --project_id="$PROJECT" --format=none "$dataset"; then ok "dataset $dataset exists"; else
+    run "create dataset $dataset" bq mk --project_id="$PROJECT" --location="$REGION" --dataset "${BQ_LABELS[@]}" \
+      "--description=Predictions of $FUNCTION_NAME (deploy.sh, docs/operations.md)" "$dataset"
+  fi
+  if query bq show --project_id="$PROJECT" --format=json "$PREDICTION_LOG_TABLE"; then
+    [[ ! $QUERY_OUT =~ \"deploy-sh-schema\":\ ?\"$hash\" ]] || { ok "table $PREDICTION_LOG_TABLE has this schema" && return 0; }
+    run "add the new columns of $schema to $PREDICTION_LOG_TABLE" bq update --project_id="$PROJECT" \
+      --schema="$schema" "--set_label=deploy-sh-schema:$hash" "$PREDICTION_LOG_TABLE"
+  else
+    run "create table $PREDICTION_LOG_TABLE" bq mk --project_id="$PROJECT" --table --schema="$schema" \
+      --time_partitioning_field=publish_time --time_partitioning_type=DAY --clustering_fields=version \
+      "${BQ_LABELS[@]}" "--label=deploy-sh-schema:$hash" "--description=Every prediction of $FUNCTION_NAME but verify's" \
+      "$PREDICTION_LOG_TABLE"
+  fi
+}
+
+# The BigQuery subscription (https://cloud.google.com/pubsub/docs/bigquery; flags in gcloud's
+# command_lib/pubsub/flags.py): the table's own columns, Pub/Sub's metadata, fields without a
+# column dropped (the body's ride_id: the attribute keeps it); a row failing 5 times is parked on
+# its dead-letter topic. Its filter cannot change after creation.
+PREDICTION_LOG_FORMAT='value[separator="|"](topic,filter,bigqueryConfig.table,bigqueryConfig.useTableSchema,bigqueryConfig.writeMetadata,bigqueryConfig.dropUnknownFields,deadLetterPolicy.deadLetterTopic,deadLetterPolicy.maxDeliveryAttempts,expirationPolicy.ttl)'
+ensure_prediction_log_subscription() {
+  local name=$PREDICTION_LOG_SUBSCRIPTION live table expected="projects/$PROJECT/topics/$OUTPUT_TOPIC|$PREDICTION_LOG_FILTER"
+  local settings=(--bigquery-table="$PREDICTION_LOG_TABLE" --use-table-schema --write-metadata --drop-unknown-fields
+    --dead-letter-topic="$PREDICTION_LOG_DEAD_LETTER" --max-delivery-attempts=5 --expiration-period=never)
+  if query gcloud pubsub subscriptions describe "$name" "${P[@]}" --format="$PREDICTION_LOG_FORMAT"; then
+    [[ $QUERY_OUT == "$expected|"* ]] || die "subscription $name is not on $OUTPUT_TOPIC with the filter
+  $PREDICTION_LOG_FILTER (a filter cannot change): delete it, and deploy again"
+    IFS='|' read -r _ _ table live <<<"$QUERY_OUT"
+    live="${table/:/.}|$live" expected="${PREDICTION_LOG_TABLE/:/.}|True|True|True|projects/$PROJECT/topics/$PREDICTION_LOG_DEAD_LETTER|5|"
+    [[ $live != "$expected" ]] || { ok "BigQuery subscription $name" && return 0; }
+    log "    drift: subscription $name: $live -> $expected"
+    run "settings of BigQuery subscription $name" gcloud pubsub subscriptions update "$name" "${settings[@]}" "${P[@]}"
+  else
+    # Pub/Sub checks that its agent may write the table; a grant just made may not apply yet.
+    ((FRESH_GRANTS == 0)) || RETRY_ALSO=('The caller does not have permission')
+    run "create BigQuery subscription $name on $OUTPUT_TOPIC" gcloud pubsub subscriptions create "$name" \
+      --topic="$OUTPUT_TOPIC" --message-filter="$PREDICTION_LOG_FILTER" "${settings[@]}" --labels="$LABELS" "${P[@]}"
+    RETRY_ALSO=()
+  fi
+}
+
+# Cloud Run writes a request log entry per push (about 1.2 kB): from 10 msg/s the largest item of
+# the bill (docs/cost.md). An exclusion on the project's _Default sink, for this service's request
+# log only, keeps it from being stored or billed (flags: gcloud's surface/logging/sinks/update.py;
+# https://cloud.google.com/logging/docs/routing/overview#exclusions). Request counts and latencies
+# stay in Cloud Run's metrics.
+ensure_request_log() {
+  local name="$FUNCTION_NAME-request-log" has=0
+  local filter="resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"$FUNCTION_NAME\" AND log_id(\"run.googleapis.com/requests\")"
+  query gcloud logging sinks describe _Default "${P[@]}" --format='value(exclusions[].name)' || is_dry_run ||
+    { log "    note: no _Default log sink: Cloud Run's request log goes where your sinks send it" && return 0; }
+  [[ ";$QUERY_OUT;" != *";$name;"* ]] || has=1
+  if [[ $REQUEST_LOG == exclude ]] && ((has == 0)); then
+    run "exclude $FUNCTION_NAME's request log from the _Default sink" gcloud logging sinks update _Default \
+      "--add-exclusion=name=$name,filter=$filter,description=deploy.sh: the request log of $FUNCTION_NAME" "${P[@]}"
+  elif [[ $REQUEST_LOG == keep ]] && ((has == 1)); then
+    run "keep $FUNCTION_NAME's request log again" gcloud logging sinks update _Default --remove-exclusions="$name" "${P[@]}"
+  else
+    ok "$FUNCTION_NAME's request log: $REQUEST_LOG"
+  fi
+}
+
+# --no-prediction-log: the subscription and its dead letters go; the dataset and its history stay.
+remove_prediction_log() {
+  local name
+  for name in "$PREDICTION_LOG_SUBSCRIPTION" "$PREDICTION_LOG_DEAD_LETTER-sub"; do
+    ! query gcloud pubsub subscriptions describe "$name" "${P[@]}" --format='value(name)' ||
+      run "delete subscription $name (--no-prediction-log)" gcloud pubsub subscriptions delete "$name" --quiet "${P[@]}"
+  done
+  ! query gcloud pubsub topics describe "$PREDICTION_LOG_DEAD_LETTER" "${P[@]}" --format='value(name)' ||
+    run "delete topic $PREDICTION_LOG_DEAD_LETTER (--no-prediction-log)" gcloud pubsub topics delete "$PREDICTION_LOG_DEAD_LETTER" --quiet "${P[@]}"
+  ok "the prediction log is off; dataset $PREDICTION_LOG_DATASET, if any, keeps its history"
+}
+
 # -------------------------------------------------------------------------------------- deploy
 
 cmd_deploy() {
@@ -662,7 +952,9 @@ cmd_deploy() {
   $MODEL_URI (a registry alias can move to any model later): --allow-pickle for pickle or cloudpickle models
   (whoever can register a model version can then run code in the function), --no-allow-pickle for skops"
   log "Deploying $FUNCTION_NAME to $PROJECT ($REGION): $INPUT_TOPIC -> $PUSH_SUBSCRIPTION -> function -> $OUTPUT_TOPIC"
-  log "  model $MODEL_URI; $CPU vCPU, $MEMORY, $CONCURRENCY requests per instance, $MIN_INSTANCES-$MAX_INSTANCES instances, $BILLING billing"
+  log "  model $MODEL_URI; $CPU vCPU, $MEMORY, $CONCURRENCY requests per instance, $MIN_INSTANCES-$MAX_INSTANCES instances, $BILLING billing,"
+  log "  MESSAGE_LOG_LEVEL $MESSAGE_LOG_LEVEL, request log: $REQUEST_LOG${EXPECTED_RATE:+ (for $EXPECTED_RATE messages a second)}"
+  check_components
   step "APIs, the sources bucket, the grant ledger"
   ensure_apis_and_project
   ensure_sources_bucket
@@ -674,6 +966,10 @@ cmd_deploy() {
   ensure_topic "$INPUT_TOPIC" && ensure_topic "$OUTPUT_TOPIC" && ensure_topic "$DEAD_LETTER_TOPIC"
   ensure_pull_subscription "$OUTPUT_SUBSCRIPTION" "$OUTPUT_TOPIC"
   ensure_pull_subscription "$DEAD_LETTER_SUBSCRIPTION" "$DEAD_LETTER_TOPIC" "$DEAD_LETTER_RETENTION"
+  if ((PREDICTION_LOG == 1)); then
+    ensure_topic "$PREDICTION_LOG_DEAD_LETTER"
+    ensure_pull_subscription "$PREDICTION_LOG_DEAD_LETTER-sub" "$PREDICTION_LOG_DEAD_LETTER" "$DEAD_LETTER_RETENTION"
+  fi
   step "Identities and their grants"
   ensure_service_account "$SERVICE_ACCOUNT" "$FN_EMAIL" "runtime identity"
   ensure_service_account "$INVOKER_SERVICE_ACCOUNT" "$INVOKER_EMAIL" "push identity"
@@ -682,8 +978,16 @@ cmd_deploy() {
   grant_phase runtime && grant_phase build
   # A new project's Pub/Sub service agent may not exist yet: this creates or returns it.
   has_binding service-account "$INVOKER_EMAIL" roles/iam.serviceAccountTokenCreator "$AGENT_MEMBER" ||
-    run "make sure the Pub/Sub service agent exists" gcloud beta services identity create --service=pubsub.googleapis.com "${P[@]}"
+    run "make sure the Pub/Sub service agent exists" gcloud "$BETA" services identity create --service=pubsub.googleapis.com "${P[@]}"
   grant_phase agent
+  if ((PREDICTION_LOG == 1)); then
+    step "The prediction log's BigQuery dataset and table"
+    ensure_prediction_log_table && grant_phase table
+  fi
+  step "Monitoring: log-based metrics, $( ((ALERTS == 0)) || echo "alert policies, ")the dashboard"
+  ensure_log_metrics && ensure_request_log
+  if ((ALERTS == 1)); then ensure_channel && ensure_policies; else ok "alert policies left alone (--no-alerts)"; fi
+  ensure_dashboard
   step "Stream A's subscription, then the function"
   # The earlier version of this project was a Cloud Functions function with an Eventarc trigger
   # under this name: `gcloud run deploy` would update that function's own service (which a later
@@ -699,6 +1003,9 @@ cmd_deploy() {
   [[ -z $earlier ]] || run "detach $FUNCTION_NAME from Cloud Functions" gcloud functions detach "$FUNCTION_NAME" --region="$REGION" "${P[@]}"
   ensure_service
   grant_phase service
+  # Before Stream A's rides are pushed, so the log misses no prediction; after the build, so the
+  # agent's grant on the table has had minutes to apply.
+  if ((PREDICTION_LOG == 1)); then ensure_prediction_log_subscription && grant_phase log; else remove_prediction_log; fi
   update_push_subscription
   revoke_unplanned
   step "Deployed"
@@ -794,15 +1101,17 @@ cmd_destroy() {
     read -r line || true
     [[ $line == "$PROJECT" ]] || die "not confirmed; nothing was deleted"
   fi
+  check_components
   step "Destroy $FUNCTION_NAME in $PROJECT ($REGION): the grants in $LEDGER_URL, the resources by label"
   ledger_read
   while IFS=$'\t' read -r kind name role member; do
-    [[ -z $kind ]] || revoke "$kind" "$name" "$role" "$member"
+    [[ -z $kind || ($kind == table && $PREDICTION_LOG == 0) ]] || revoke "$kind" "$name" "$role" "$member"
   done <<<"$LEDGER"
   if query gcloud run services describe "$FUNCTION_NAME" --region="$REGION" "${P[@]}" --format='value(metadata.labels)' &&
     [[ $QUERY_OUT == *"$MANAGED_MARK"* ]] || is_dry_run; then
     run "delete service $FUNCTION_NAME" gcloud run services delete "$FUNCTION_NAME" --region="$REGION" --quiet "${P[@]}"
   fi
+  destroy_operations
   destroy_listed subscription gcloud pubsub subscriptions list --filter="$labelled" --format='value(name)' "${P[@]}" -- \
     gcloud pubsub subscriptions delete {} --quiet "${P[@]}"
   destroy_listed topic gcloud pubsub topics list --filter="$labelled" --format='value(name)' "${P[@]}" -- \
@@ -823,6 +1132,38 @@ cmd_destroy() {
     done
   fi
   step "Destroyed (APIs stay enabled; what deploy.sh did not make is kept)"
+}
+
+# The alert policies and the channel by their labels, the dashboard and the log-based metrics by
+# name if they are deploy.sh's; the prediction log's dataset only with --delete-prediction-log.
+destroy_operations() {
+  local file name dataset="$PROJECT:$PREDICTION_LOG_DATASET"
+  if ((ALERTS == 1)); then
+    destroy_listed "alert policy" "${POLICIES[@]}" list --filter="$OURS_FILTER" --format='value(name)' "${P[@]}" -- \
+      "${POLICIES[@]}" delete {} --quiet "${P[@]}"
+    destroy_listed "email channel" "${CHANNELS[@]}" list --filter="$OURS_FILTER" --format='value(name)' "${P[@]}" -- \
+      "${CHANNELS[@]}" delete {} --force --quiet "${P[@]}"
+  fi
+  if { query gcloud monitoring dashboards describe "$FUNCTION_NAME-operations" "${P[@]}" --format='value(labels.managed_by)' &&
+    [[ $QUERY_OUT == ride-prediction-deploy ]]; } || is_dry_run; then
+    run "delete dashboard $FUNCTION_NAME-operations" gcloud monitoring dashboards delete "$FUNCTION_NAME-operations" --quiet "${P[@]}"
+  fi
+  REQUEST_LOG=keep && ensure_request_log
+  for file in monitoring/log-metrics/*.json; do
+    name="$FUNCTION_NAME-$(basename "$file" .json)"
+    if { query gcloud logging metrics describe "$name" "${P[@]}" --format='value(description)' &&
+      [[ $QUERY_OUT == *"(deploy.sh definition "* ]]; } || is_dry_run; then
+      run "delete log-based metric $name" gcloud logging metrics delete "$name" --quiet "${P[@]}"
+    fi
+  done
+  ((PREDICTION_LOG == 1)) || return 0
+  if ((DELETE_PREDICTION_LOG == 0)); then
+    ! query bq show --project_id="$PROJECT" --format=none "$dataset" ||
+      log "    kept: dataset $dataset, the prediction history (--delete-prediction-log deletes it)"
+  elif { query bq show --project_id="$PROJECT" --format=json "$dataset" &&
+    [[ $QUERY_OUT =~ \"deploy-sh-function\":\ ?\"$FUNCTION_NAME\" ]]; } || is_dry_run; then
+    run "delete dataset $dataset and every prediction in it" bq rm --project_id="$PROJECT" --recursive --force --dataset "$dataset"
+  fi
 }
 
 case $COMMAND in

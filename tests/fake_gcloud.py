@@ -56,7 +56,22 @@ GROUP_APIS = {
     "artifacts": "artifactregistry.googleapis.com",
     "secrets": "secretmanager.googleapis.com",
     "projects": "cloudresourcemanager.googleapis.com",
+    "monitoring": "monitoring.googleapis.com",
+    "logging": "logging.googleapis.com",
+    "bq": "bigquery.googleapis.com",
 }
+# What `gcloud components install` would add; without one, its commands fail as gcloud 528 does
+# unattended (update_manager.py: it will not install without asking).
+COMPONENTS = {"alpha": "2025.06.20", "beta": "2025.06.20", "bq": "2.1.18", "core": "2025.06.20"}
+MISSING_COMPONENT = (
+    "The following components are required to run this command, but are not\ncurrently "
+    "installed:\n  [{0}]\n\nTo install them, re-run the command and choose 'yes' at the "
+    "installation prompt, or run:\n  $ gcloud components install {0}"
+)
+BIGQUERY_SUBSCRIPTION_DENIED = (
+    "Failed to create subscription [projects/{project}/subscriptions/{name}]: "
+    "The caller does not have permission."
+)
 DAY = 86400
 PREDICTION = {"ride_duration": 18}
 DLQ_REASON = "ride.trip_distance must be >= 0, got -3"
@@ -69,6 +84,7 @@ CLIENT_SOURCE = """\
 import json, os, socket, sys
 
 args = sys.argv[1:]
+tool = os.path.basename(sys.argv[0])  # gcloud or bq
 if args == ["meta", "list-files-for-upload", "."] and os.environ.get("FAKE_GCLOUD_UPLOAD_LIST"):
     with open(os.environ["FAKE_GCLOUD_UPLOAD_LIST"]) as upload_list:
         sys.stdout.write(upload_list.read())
@@ -76,7 +92,9 @@ if args == ["meta", "list-files-for-upload", "."] and os.environ.get("FAKE_GCLOU
 if args[:1] == ["meta"]:
     os.execv(os.environ["FAKE_GCLOUD_REAL"], ["gcloud", *args])
 env = {{k: v for k, v in os.environ.items() if k.startswith(("CLOUDSDK_", "FAKE_GCLOUD_"))}}
-stdin = sys.stdin.read() if "-" in args else ""
+stdin = sys.stdin.read() if any(a == "-" or a.endswith("=-") for a in args) else ""
+if tool == "bq":
+    args = ["bq", *args]
 request = json.dumps({{"args": args, "env": env, "cwd": os.getcwd(), "stdin": stdin}}).encode()
 with socket.socket(socket.AF_UNIX) as connection:
     connection.connect(os.environ["FAKE_GCLOUD_SOCKET"])
@@ -100,7 +118,8 @@ class GcloudError(Exception):
 def new_project(project: str, number: str, region: str) -> Json:
     """A brand-new project: two default APIs, nothing else."""
     collections = "topics subscriptions messages service_accounts policies granted_at buckets"
-    collections += " objects repositories services functions"
+    collections += " objects repositories services functions log_metrics alert_policies channels"
+    collections += " dashboards datasets tables"
     return {
         **{name: {} for name in collections.split()},
         "project": project,
@@ -117,6 +136,8 @@ def new_project(project: str, number: str, region: str) -> Json:
         "clock": 0,
         "next_id": 1,
         "refused_pushes": 0,
+        "components": dict(COMPONENTS),
+        "sinks": {"_Default": {"name": "_Default", "exclusions": []}},  # every project has it
     }
 
 
@@ -191,10 +212,12 @@ class Call:
         self.cwd, self.stdin = request["cwd"], request.get("stdin", "")
         self.words = [arg for arg in self.args if not arg.startswith("--")]
         self.flags: dict[str, Any] = {}
+        self.repeated: dict[str, list[str]] = {}  # bq's --label, given once per label
         for arg in self.args:
             if arg.startswith("--"):
                 name, equals, value = arg[2:].partition("=")
                 self.flags[name] = value if equals else True
+                self.repeated.setdefault(name, []).append(value)
         self.stdout, self.stderr = io.StringIO(), io.StringIO()
 
     def flag(self, name: str, default: Any = None) -> Any:
@@ -235,6 +258,8 @@ def publish(state: Json, topic: str, data: bytes, attributes: dict[str, str]) ->
     }
     for name, subscription in list(state["subscriptions"].items()):
         if subscription["topic"] == topic_path(state, topic) and _matches(subscription, attributes):
+            if _written_to_bigquery(state, subscription, message):
+                continue
             entry = {"ackId": f"ack-{message_id}-{name}", "message": message, "attempts": 0}
             state["messages"].setdefault(name, []).append(entry)
             if subscription.get("pushConfig", {}).get("pushEndpoint"):
@@ -243,9 +268,12 @@ def publish(state: Json, topic: str, data: bytes, attributes: dict[str, str]) ->
 
 
 def _matches(subscription: Json, attributes: dict[str, str]) -> bool:
-    """Whether the subscription's filter (``attributes.KEY = "VALUE"`` only) lets them through."""
+    """Whether the subscription's filter (``attributes.KEY = "VALUE"`` or ``NOT attributes:KEY``)
+    lets them through."""
     if "filter" not in subscription:
         return True
+    if absent := re.fullmatch(r"NOT attributes:([\w-]+)", subscription["filter"]):
+        return absent.group(1) not in attributes
     key, value = re.fullmatch(r'attributes\.([\w-]+) = "([^"]*)"', subscription["filter"]).groups()  # type: ignore[union-attr]
     return attributes.get(key) == value
 
@@ -358,8 +386,37 @@ def _subscription_settings(call: Call, name: str) -> None:
             ),
             "maxDeliveryAttempts": int(call.flag("max-delivery-attempts", "5")),
         }
+    if call.flag("bigquery-table"):  # gcloud leaves unset booleans out of the request
+        booleans = {"use-table-schema": "useTableSchema", "write-metadata": "writeMetadata",
+                    "drop-unknown-fields": "dropUnknownFields"}  # fmt: skip
+        subscription["bigqueryConfig"] = {
+            "table": call.flag("bigquery-table"),
+            **{field: True for flag, field in booleans.items() if flag in call.flags},
+        }
     if subscription.get("pushConfig", {}).get("pushEndpoint"):
         deliver(state, name)
+
+
+def table_key(reference: str) -> str:
+    """``P:DS.T`` for ``P:DS.T`` or ``P.DS.T`` (bq's form and the API's)."""
+    return reference if ":" in reference else reference.replace(".", ":", 1)
+
+
+def may_write_table(state: Json, table: str) -> bool:
+    """Whether the Pub/Sub service agent may write the table (a grant on it, applied)."""
+    return table_key(table) in state["tables"] and applies(
+        state, "table", table_key(table), {"roles/bigquery.dataEditor"}, pubsub_agent(state)
+    )
+
+
+def _written_to_bigquery(state: Json, subscription: Json, message: Json) -> bool:
+    """A BigQuery subscription writes a message as a row, if its agent may; else it waits."""
+    config = subscription.get("bigqueryConfig")
+    if not config or not may_write_table(state, config["table"]):
+        return False
+    row = {**json.loads(base64.b64decode(message["data"])), "attributes": message["attributes"]}
+    state["tables"][table_key(config["table"])]["rows"].append(row)
+    return True
 
 
 # ------------------------------------------------------------------------------ resources
@@ -385,6 +442,10 @@ def create(call: Call, collection: str, name: str) -> Json:
         return {"name": topic_path(state, name), "labels": labels}
     if collection == "subscriptions":
         topic = existing(call, "topics", call.require("topic"))
+        if call.flag("bigquery-table") and not may_write_table(state, call.flag("bigquery-table")):
+            raise GcloudError(
+                BIGQUERY_SUBSCRIPTION_DENIED.format(project=state["project"], name=name)
+            )
         filtered = {"filter": call.flag("message-filter")} if call.flag("message-filter") else {}
         path = f"projects/{state['project']}/subscriptions/{name}"
         defaults = {"ackDeadlineSeconds": 10, "messageRetentionDuration": f"{7 * DAY}s"}
@@ -413,7 +474,11 @@ def iam(call: Call, kind: str, name: str, verb: str) -> None:
         return
     if "condition" in call.flags and kind in {"topic", "subscription"}:
         raise GcloudError(f"unrecognized arguments: --condition={call.flag('condition')}", 2)
-    if any("condition" in b for b in policy["bindings"]) and "condition" not in call.flags:
+    if (
+        kind != "table"
+        and any("condition" in b for b in policy["bindings"])
+        and "condition" not in call.flags
+    ):
         raise GcloudError(
             "Adding a binding without specifying a condition to a policy containing conditions is "
             "prohibited in non-interactive mode. Run the command again with `--condition=None`"
@@ -713,6 +778,256 @@ def project_command(call: Call) -> None:
         iam(call, "project", call.words[2], call.words[1])
 
 
+# ------------------------------------------------------------------------------ operations
+#
+# Cloud Monitoring, log-based metrics and BigQuery, as far as deploy.sh uses them. The files are
+# read with gcloud's own code (command_lib/monitoring/util.MessageFromString, api_lib/logging/
+# util.CreateLogMetric and UpdateLogMetric, bq's ReadSchema and ParseLabels) and stored as the API
+# returns them, with the server's names, etags and mutation records.
+
+
+def _messages(api: str, version: str) -> Any:
+    from googlecloudsdk.api_lib.util import apis
+
+    return apis.GetMessagesModule(api, version)
+
+
+def _as_dict(message: Any) -> Json:
+    from apitools.base.py import encoding
+
+    return dict(encoding.MessageToPyValue(message))
+
+
+def _monitoring_message(call: Call, kind: str) -> Json:
+    """The stdin of ``--policy-from-file=-`` (or the channel's), as gcloud reads it."""
+    from googlecloudsdk.command_lib.monitoring import util
+
+    remap = util.CHANNELS_FIELD_REMAPPINGS if kind == "NotificationChannel" else None
+    message_type = getattr(_messages("monitoring", "v3"), kind)
+    return _as_dict(util.MessageFromString(call.stdin, message_type, kind, field_remappings=remap))
+
+
+def _short(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def _found(call: Call, collection: str, name: str) -> Json:
+    if _short(name) not in call.state[collection]:
+        raise GcloudError(f"NOT_FOUND: Requested entity was not found: {name}")
+    return call.state[collection][_short(name)]  # type: ignore[no-any-return]
+
+
+def _channel_names(call: Call, value: str | None) -> list[str]:
+    """``--notification-channels``: IDs or names, each an existing channel's full name."""
+    names = [f"projects/{call.state['project']}/notificationChannels/{_short(v)}"
+             for v in (value or "").split(",") if v]  # fmt: skip
+    for name in names:
+        _found(call, "channels", name)
+    return names
+
+
+def monitoring_command(call: Call) -> None:
+    """``gcloud [alpha|beta] monitoring policies|channels|dashboards VERB``."""
+    track = call.words[0] if call.words[0] in {"alpha", "beta"} else ""
+    noun, verb = call.words[2 if track else 1 : 4 if track else 3]
+    state, project = call.state, call.state["project"]
+    if call.flag("project") != project:
+        raise GcloudError("PERMISSION_DENIED: not the fake's project")
+    collection = {"policies": "alert_policies", "channels": "channels", "dashboards": "dashboards"}[
+        noun
+    ]
+    if (noun == "policies" and track != "alpha") or (noun == "channels" and not track):
+        raise GcloudError(f"Invalid choice: '{noun}'.", 2)  # gcloud 528's tracks
+    target = call.words[4 if track else 3] if len(call.words) > (4 if track else 3) else ""
+    if verb == "list":
+        call.print(list(state[collection].values()))
+    elif verb == "describe":
+        call.print([_found(call, collection, target)])
+    elif verb == "delete":
+        _found(call, collection, target)
+        in_use = [
+            policy
+            for policy in state["alert_policies"].values()
+            if _short(target) in map(_short, policy.get("notificationChannels", []))
+        ]
+        if noun == "channels" and in_use and "force" not in call.flags:
+            raise GcloudError("FAILED_PRECONDITION: the channel is used by alert policies")
+        for policy in in_use:  # --force: the policies no longer name it
+            policy["notificationChannels"] = [
+                c for c in policy["notificationChannels"] if _short(c) != _short(target)
+            ]
+        del state[collection][_short(target)]
+    elif noun == "dashboards":
+        _dashboard(call, verb, target)
+    else:
+        kind = "AlertPolicy" if noun == "policies" else "NotificationChannel"
+        resource = _monitoring_message(call, kind)
+        if verb == "create":
+            ident = str(next_id(state))
+            plural = "alertPolicies" if noun == "policies" else "notificationChannels"
+            resource["name"] = f"projects/{project}/{plural}/{ident}"
+        else:
+            ident, resource["name"] = _short(target), _found(call, collection, target)["name"]
+        if noun == "policies":
+            channels = call.flag(
+                "notification-channels" if verb == "create" else "set-notification-channels"
+            )
+            resource["notificationChannels"] = _channel_names(call, channels)
+            resource.setdefault("enabled", True)  # create's --enabled defaults to true
+            resource["mutationRecord"] = {"mutateTime": str(state["clock"])}
+        state[collection][ident] = resource
+
+
+def _dashboard(call: Call, verb: str, target: str) -> None:
+    """create (the id is the file's name) and update (with the etag it read, if any)."""
+    from apitools.base.py import encoding
+    from googlecloudsdk.core import yaml
+
+    state, body = call.state, dict(yaml.load(call.stdin))
+    encoding.PyValueToMessage(_messages("monitoring", "v1").Dashboard, body)  # gcloud's processor
+    ident = _short(body.get("name", "")) if verb == "create" else _short(target)
+    if verb == "create" and (not ident or ident in state["dashboards"]):
+        raise GcloudError(f"ALREADY_EXISTS or no name: dashboard {ident!r}")
+    if (
+        verb == "update"
+        and body.get("etag", _found(call, "dashboards", target)["etag"])
+        != state["dashboards"][ident]["etag"]
+    ):
+        raise GcloudError("ABORTED: the dashboard changed since its etag was read")
+    body.update(
+        name=f"projects/{state['project']}/dashboards/{ident}", etag=f"etag{next_id(state)}"
+    )
+    state["dashboards"][ident] = body
+
+
+def logging_metrics(call: Call) -> None:
+    """``gcloud logging metrics create|update|describe|delete NAME``."""
+    from googlecloudsdk.api_lib.logging import util
+
+    state, verb = call.state, call.words[2]
+    name = call.words[3]
+    if call.flag("project") != state["project"]:
+        raise GcloudError("PERMISSION_DENIED: not the fake's project")
+    if verb == "create":
+        if name in state["log_metrics"]:
+            raise GcloudError(f"ALREADY_EXISTS: Metric {name} already exists.")
+        metric = util.CreateLogMetric(name, data=call.stdin)
+    elif name not in state["log_metrics"]:
+        raise GcloudError(f"NOT_FOUND: Metric {name} does not exist.")
+    elif verb == "update":
+        from apitools.base.py import encoding
+
+        live = encoding.PyValueToMessage(util.GetMessages().LogMetric, state["log_metrics"][name])
+        metric = util.UpdateLogMetric(live, data=call.stdin)
+    elif verb == "describe":
+        call.print([state["log_metrics"][name]])
+        return
+    else:
+        del state["log_metrics"][name]
+        return
+    state["log_metrics"][name] = {**_as_dict(metric), "updateTime": str(state["clock"])}
+
+
+def logging_sinks(call: Call) -> None:
+    """``gcloud logging sinks describe|update SINK``: its exclusions (``--add-exclusion`` is an
+    ArgDict: KEY=VALUE pairs split on commas, surface/logging/sinks/update.py)."""
+    if call.flag("project") != call.state["project"]:
+        raise GcloudError("PERMISSION_DENIED: not the fake's project")
+    sink = call.state["sinks"].get(call.words[3])
+    if sink is None:
+        raise GcloudError(f"NOT_FOUND: Sink {call.words[3]} does not exist")
+    if call.words[2] == "describe":
+        call.print([sink])
+        return
+    for name in (call.flag("remove-exclusions") or "").split(","):
+        if name and name not in [e["name"] for e in sink["exclusions"]]:
+            raise GcloudError(
+                f"Invalid value for [--remove-exclusions]: Exclusions {name} do not exist"
+            )
+        sink["exclusions"] = [e for e in sink["exclusions"] if e["name"] != name]
+    if call.flag("add-exclusion"):
+        pairs = (pair.partition("=") for pair in call.flag("add-exclusion").split(","))
+        sink["exclusions"].append({key: value for key, _, value in pairs})
+
+
+def gcloud_info(call: Call) -> None:
+    """``gcloud info``: the installed components."""
+    call.print([{"installation": {"components": call.state["components"]}}])
+
+
+def bq_labels(values: list[str]) -> dict[str, str]:
+    """``--label KEY:VALUE`` flags, as bq's frontend/utils.ParseLabels reads them."""
+    return {k.strip(): v.strip() for k, _, v in (value.partition(":") for value in values)}
+
+
+def bq_command(call: Call) -> None:
+    """``bq show|mk|update|rm|get-iam-policy|add-iam-policy-binding|remove-iam-policy-binding``."""
+    sdk_bq = f"{os.environ['FAKE_GCLOUD_SDK_ROOT']}/platform/bq"
+    if sdk_bq not in sys.path:
+        sys.path += [sdk_bq, f"{sdk_bq}/third_party"]
+    from clients import utils as bq_client_utils  # bq's own schema reader
+
+    state, verb, reference = call.state, call.words[1], call.words[-1]
+    if call.flag("project_id") != state["project"]:
+        raise GcloudError("fake bq: --project_id is not the fake's project")
+    dataset = reference.split(".")[0]
+    is_table = "." in reference
+    collection, key = ("tables", table_key(reference)) if is_table else ("datasets", dataset)
+    found = state[collection].get(key)
+    missing = (
+        f"BigQuery error in {verb} operation: Not found: {'Table' if is_table else 'Dataset'} {key}"
+    )
+    labels = bq_labels(call.repeated.get("label", []))
+    if verb == "mk":
+        if found is not None or (is_table and dataset not in state["datasets"]):
+            raise GcloudError(f"BigQuery error in mk operation: cannot create {key}", 2)
+        schema = (
+            bq_client_utils.ReadSchema(str(Path(call.cwd, call.require("schema"))))
+            if is_table
+            else None
+        )
+        state[collection][key] = {"id": key, "labels": labels, "location": call.flag("location"),
+                                  "description": call.flag("description"), "rows": []}  # fmt: skip
+        if is_table:
+            state[collection][key].update(
+                schema={"fields": schema},
+                timePartitioning={"type": call.flag("time_partitioning_type"),
+                                  "field": call.flag("time_partitioning_field")},
+                clustering={"fields": call.flag("clustering_fields", "").split(",")},
+            )  # fmt: skip
+        return
+    if found is None:
+        raise GcloudError(missing, 2)
+    if verb == "show":
+        if call.flag("format") == "json":
+            call.stdout.write(
+                json.dumps({k: v for k, v in found.items() if k != "rows"}, separators=(",", ":"))
+            )
+    elif verb == "update":
+        schema = bq_client_utils.ReadSchema(str(Path(call.cwd, call.require("schema"))))
+        names = [field["name"] for field in schema]
+        if [f["name"] for f in found["schema"]["fields"]] != names[
+            : len(found["schema"]["fields"])
+        ]:
+            raise GcloudError(
+                "BigQuery error in update operation: Provided Schema does not match Table"
+            )
+        found["schema"]["fields"] = schema
+        found["labels"].update(bq_labels(call.repeated.get("set_label", [])))
+    elif verb == "rm":
+        for table in [t for t in state["tables"] if t.startswith(f"{dataset}.")]:
+            if "recursive" not in call.flags:
+                raise GcloudError("BigQuery error in rm operation: Dataset still in use", 2)
+            del state["tables"][table]
+            state["policies"].pop(f"table:{table}", None)
+        del state["datasets"][dataset]
+    elif verb == "get-iam-policy":
+        policy = state["policies"].get(f"table:{key}", {"bindings": [], "etag": "BwX="})
+        call.stdout.write(json.dumps(policy, separators=(",", ":")))
+    else:
+        iam(call, "table", key, verb)
+
+
 COMMANDS: dict[tuple[str, ...], Callable[[Call], None]] = {
     ("config", "get-value"): lambda call: call.stdout.write(call.state["project"] + "\n"),
     ("services", "list"): lambda call: call.print(
@@ -722,9 +1037,19 @@ COMMANDS: dict[tuple[str, ...], Callable[[Call], None]] = {
         a for a in call.words[2:] if a not in call.state["apis"]
     ),
     ("beta", "services", "identity", "create"): services_identity_create,
+    ("alpha", "services", "identity", "create"): services_identity_create,
     ("projects",): project_command,
     ("storage",): storage_objects,
     ("run", "deploy"): run_deploy,
+    ("info",): gcloud_info,
+    ("logging", "metrics"): logging_metrics,
+    ("logging", "sinks"): logging_sinks,
+    ("bq",): bq_command,
+    **{
+        (*track, "monitoring", noun): monitoring_command
+        for track in ((), ("alpha",), ("beta",))
+        for noun in ("policies", "channels", "dashboards")
+    },
     **{prefix: lambda call, prefix=prefix: resource_command(call, prefix) for prefix in RESOURCES},
 }
 
@@ -742,7 +1067,10 @@ def handle(state: Json, request: Json) -> Json:
             raise GcloudError(
                 "fake gcloud: prompts are enabled, gcloud may ask questions", PROMPT_EXIT
             )
-        api = GROUP_APIS.get(call.words[1] if call.words[0] == "beta" else call.words[0])
+        track = call.words[0] if call.words[0] in {"alpha", "beta"} else None
+        if track and track not in state["components"]:
+            raise GcloudError(MISSING_COMPONENT.format(track))
+        api = GROUP_APIS.get(call.words[1] if track else call.words[0])
         if api and api not in state["apis"]:
             raise GcloudError(
                 f"PERMISSION_DENIED: {api} has not been used in project {state['number']} before "
@@ -761,7 +1089,9 @@ def handle(state: Json, request: Json) -> Json:
         code = 0
     except GcloudError as error:
         name = ".".join(w for w in call.words[:4] if not w.startswith(("gs:", "projects/")))
-        call.stderr.write(f"ERROR: (gcloud.{name}) {error}\n")
+        call.stderr.write(
+            f"{error}\n" if call.words[0] == "bq" else f"ERROR: (gcloud.{name}) {error}\n"
+        )
         code = error.code
     return {"stdout": call.stdout.getvalue(), "stderr": call.stderr.getvalue(), "code": code}
 

@@ -33,6 +33,7 @@ SAMPLE_VALUES: dict[str, str] = {
     "BACKLOG_AGE_SECONDS": "300",
     "ERROR_RATIO": "0.05",
     "NO_PREDICTIONS_SECONDS": "600",
+    "DEFINITION": "0123456789abcdef",
 }
 PLACEHOLDER = re.compile(r"\{\{([A-Z][A-Z0-9_]*)\}\}")
 

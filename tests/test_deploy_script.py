@@ -52,6 +52,11 @@ PUSH, DLQ, DLQ_SUB = (
     "ride-prediction-dead-letter-sub",
 )
 REPOSITORY = "ride-prediction-images"
+LOG_METRICS = sorted(path.stem for path in (REPO / "monitoring" / "log-metrics").glob("*.json"))
+LOG_SUB, LOG_DLQ = "ride-prediction-prediction-log", "ride-prediction-prediction-log-dead-letter"
+TABLE = f"{PROJECT}:ride_prediction.predictions"
+# Every subscription a deployment keeps (verify's are gone).
+SUBSCRIPTIONS = {PUSH, "ride-predictions-sub", DLQ_SUB, LOG_SUB, f"{LOG_DLQ}-sub"}
 URL = f"https://{FUNCTION}-{NUMBER}.{REGION}.run.app"
 RUN_ID = "deploy-verify-test"
 PICKLE_MLMODEL = (
@@ -60,7 +65,7 @@ PICKLE_MLMODEL = (
 SKOPS_MLMODEL = (
     "flavors:\n  sklearn:\n    pickled_model: model.skops\n    serialization_format: skops\n"
 )
-MUTATING = {"create", "enable", "deploy", "update", "delete", "publish", "detach", "cp", "rm"}
+MUTATING = {"create", "enable", "deploy", "update", "delete", "publish", "detach", "cp", "rm", "mk"}
 MUTATING |= {"add-iam-policy-binding", "remove-iam-policy-binding", "set-cleanup-policies"}
 # Every grant of a deployment from a gs:// model (kind, resource, role, member).
 LEAST_PRIVILEGE = {
@@ -74,6 +79,10 @@ LEAST_PRIVILEGE = {
     ("topic", DLQ, "roles/pubsub.publisher", AGENT),
     ("subscription", PUSH, "roles/pubsub.subscriber", AGENT),
     ("service", FUNCTION, "roles/run.invoker", INVOKER),
+    ("project", PROJECT, "roles/monitoring.metricWriter", FN),
+    ("table", TABLE, "roles/bigquery.dataEditor", AGENT),
+    ("topic", LOG_DLQ, "roles/pubsub.publisher", AGENT),
+    ("subscription", LOG_SUB, "roles/pubsub.subscriber", AGENT),
 }
 GOOGLES_OWN = ("project", PROJECT, "roles/pubsub.serviceAgent", AGENT)
 PREDICTION = {
@@ -117,6 +126,27 @@ def gcloud_sdk(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     )
     python, sdk_root = info.stdout.strip().split("\t")
     return python, sdk_root
+
+
+@pytest.fixture(scope="session")
+def parsers(tmp_path_factory: pytest.TempPathFactory, gcloud_sdk: tuple[str, str]) -> list[str]:
+    """bq's own entry point, once the real gcloud has every component deploy.sh calls (CI
+    installs them: .github/workflows/ci.yml); without one, the parser checks are skipped."""
+    info = subprocess.run(
+        [str(REAL_GCLOUD), "info", "--format=json(installation.components)"],
+        capture_output=True,
+        text=True,
+        env=_base_env(tmp_path_factory.mktemp("gcloud-components")),
+        timeout=60,
+        check=True,
+    )
+    missing = {"alpha", "beta", "bq"} - set(json.loads(info.stdout)["installation"]["components"])
+    if missing:
+        pytest.skip(
+            f"gcloud lacks {sorted(missing)}: gcloud components install {' '.join(missing)}"
+        )
+    python, sdk_root = gcloud_sdk
+    return [python, f"{sdk_root}/platform/bq/bq.py"]
 
 
 def _answers(socket_path: str) -> bool:
@@ -251,9 +281,10 @@ def brand_new_project() -> dict[str, Any]:
 def _fake_project(tmp_path: Path, socket_path: str, upload_list: Path) -> FakeProject:
     bin_dir = tmp_path / "fake-bin"
     bin_dir.mkdir()
-    client = bin_dir / "gcloud"
-    client.write_text(fake_gcloud.CLIENT_SOURCE.format(python=sys.executable))
-    client.chmod(0o755)
+    for tool in ("gcloud", "bq"):  # the client tells which by its name
+        client = bin_dir / tool
+        client.write_text(fake_gcloud.CLIENT_SOURCE.format(python=sys.executable))
+        client.chmod(0o755)
     fake = FakeProject(tmp_path, tmp_path / "project.json", bin_dir, socket_path, upload_list)
     fake.save(brand_new_project())
     return fake
@@ -340,7 +371,9 @@ def test_a_brand_new_project_is_deployed_least_privilege_and_verified(project: F
     # since the dead-letter policy came only once the verify ride had gone through.
     assert state["refused_pushes"] > 0
     assert state["messages"].get(DLQ_SUB, []) == []
-    dead_letter_policy = next(i for i, c in enumerate(calls) if _flag(c, "dead-letter-topic"))
+    dead_letter_policy = next(
+        i for i, c in enumerate(calls) if _flag(c, "dead-letter-topic") == DLQ
+    )
     published = next(i for i, c in enumerate(calls) if c[:3] == ["pubsub", "topics", "publish"])
     assert published < dead_letter_policy
     assert "(a propagation delay: '[Ss]ervice account [^ ]+ does not exist')" in result.stderr
@@ -370,6 +403,7 @@ def test_a_brand_new_project_is_deployed_least_privilege_and_verified(project: F
         "MODEL_NAME": "ride_duration_prediction_model",
         "THREADS": "32",
         "PUBLISH_MAX_RPCS_IN_FLIGHT": "4",
+        "MESSAGE_LOG_LEVEL": "INFO",
         "SOURCE_SUBSCRIPTION": f"projects/{PROJECT}/subscriptions/{PUSH}",
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",  # the model is a cloudpickle
     }
@@ -393,11 +427,7 @@ def test_a_brand_new_project_is_deployed_least_privilege_and_verified(project: F
     for name in ("ride-predictions-sub", DLQ_SUB):
         assert state["subscriptions"][name]["expirationPolicy"] == {}
     assert state["subscriptions"][DLQ_SUB]["messageRetentionDuration"] == f"{31 * 86400}s"
-    assert set(state["subscriptions"]) == {
-        PUSH,
-        "ride-predictions-sub",
-        DLQ_SUB,
-    }  # verify's are gone
+    assert set(state["subscriptions"]) == SUBSCRIPTIONS  # verify's are gone
     assert state["buckets"][SOURCES]["labels"] == {"managed-by": "deploy-sh"}
     repository = state["repositories"][REPOSITORY]
     assert repository["cleanupPolicies"]["keep-recent"]["mostRecentVersions"] == {"keepCount": 5}
@@ -544,6 +574,36 @@ DRIFTS: dict[str, tuple[Callable[[dict[str, Any]], None], list[list[str]]]] = {
         lambda s: s["repositories"][REPOSITORY].pop("cleanupPolicies"),
         [["artifacts", "repositories", "set-cleanup-policies", REPOSITORY]],
     ),
+    "alert policy deleted": (
+        lambda s: s["alert_policies"].pop(
+            next(
+                k
+                for k, p in s["alert_policies"].items()
+                if p["userLabels"]["policy"] == "error-rate"
+            )
+        ),
+        [["alpha", "monitoring", "policies", "create"]],
+    ),
+    "dashboard definition changed": (
+        lambda s: s["dashboards"][f"{FUNCTION}-operations"]["labels"].update(definition="old"),
+        [["monitoring", "dashboards", "update", f"{FUNCTION}-operations"]],
+    ),
+    "log-based metric deleted": (
+        lambda s: s["log_metrics"].pop(f"{FUNCTION}-rejected-rides"),
+        [["logging", "metrics", "create", f"{FUNCTION}-rejected-rides"]],
+    ),
+    "table's schema older": (
+        lambda s: s["tables"][TABLE]["labels"].update({"deploy-sh-schema": "old"}),
+        [["bq", "update"]],
+    ),
+    "table grant gone": (
+        _revoke("table", TABLE, "roles/bigquery.dataEditor", AGENT),
+        [["bq", "add-iam-policy-binding"]],
+    ),
+    "prediction log's dead letters off": (
+        lambda s: s["subscriptions"][LOG_SUB].pop("deadLetterPolicy"),
+        [["pubsub", "subscriptions", "update", LOG_SUB]],
+    ),
 }
 
 
@@ -630,6 +690,13 @@ def test_a_build_refused_without_fresh_grants_stops_at_once(deployed: FakeProjec
             "not both",
         ),
         (("--env", "THREADS=4"), "set by deploy.sh"),
+        (("--env", "MESSAGE_LOG_LEVEL=DEBUG"), "set by deploy.sh"),
+        (("--expected-rate", "fast"), "expected rate 'fast' is not valid"),
+        (("--message-log-level", "TRACE"), "message log level 'TRACE' is not valid"),
+        (("--alert-email", 'me"@example.com'), "alert email"),
+        (("--alert-error-ratio", "1.5"), "--alert-error-ratio '1.5' is not valid"),
+        (("--alert-no-predictions-seconds", "90"), "whole minutes from 120"),
+        (("--prediction-log-dataset", "my-log"), "--prediction-log-dataset 'my-log'"),
     ],
 )
 def test_bad_inputs_are_refused_before_any_call(
@@ -784,7 +851,7 @@ def test_verify_sees_only_its_own_ride_and_marks_it(deployed: FakeProject) -> No
         assert _flag(create, "message-filter") == f'attributes.deploy_verify = "{RUN_ID}"'
         assert calls.index(create) < calls.index(publish)
     state = deployed.state
-    assert set(state["subscriptions"]) == {PUSH, "ride-predictions-sub", DLQ_SUB}
+    assert set(state["subscriptions"]) == SUBSCRIPTIONS
     # The prediction stays for Stream B's consumers, marked so they can drop it.
     marked = [m["message"]["attributes"] for m in state["messages"]["ride-predictions-sub"]]
     assert {"ride_id": "7"} in marked
@@ -810,7 +877,7 @@ def test_verify_fails_at_once_on_a_dead_letter_and_says_which_kind(
 
     assert result.returncode == 1
     assert message in result.stderr
-    assert set(deployed.state["subscriptions"]) == {PUSH, "ride-predictions-sub", DLQ_SUB}
+    assert set(deployed.state["subscriptions"]) == SUBSCRIPTIONS
 
 
 def test_verify_gives_up_when_no_prediction_arrives(deployed: FakeProject) -> None:
@@ -829,6 +896,265 @@ def test_logs_reads_the_services_logs(deployed: FakeProject) -> None:
     assert result.returncode == 0, result.stderr
     (call,) = deployed.calls()
     assert call[:5] == ["run", "services", "logs", "read", FUNCTION]
+
+
+# ------------------------------------------------------------------------------ operations
+
+
+def _policies(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The alert policies by their ``policy`` label."""
+    policies = {p["userLabels"]["policy"]: p for p in state["alert_policies"].values()}
+    assert len(policies) == len(state["alert_policies"]), "two policies with one label"
+    return policies
+
+
+def _threshold(policy: dict[str, Any]) -> Any:
+    return policy["conditions"][0]["conditionThreshold"]["thresholdValue"]
+
+
+def test_a_brand_new_project_gets_its_metrics_alerts_dashboard_and_prediction_log(
+    deployed_state: dict[str, Any],
+) -> None:
+    state = deployed_state
+    for api in ("monitoring", "telemetry", "bigquery"):
+        assert f"{api}.googleapis.com" in state["apis"]
+    assert set(state["log_metrics"]) == {f"{FUNCTION}-{name}" for name in LOG_METRICS}
+    policies = _policies(state)
+    assert set(policies) == {"dead-letters", "error-rate", "input-backlog-age", "no-predictions"}
+    # The defaults docs/operations.md justifies; no channel without --alert-email.
+    assert _threshold(policies["input-backlog-age"]) == 300
+    assert _threshold(policies["error-rate"]) == 0.05
+    assert policies["no-predictions"]["conditions"][0]["conditionAbsent"]["duration"] == "600s"
+    assert all(p["notificationChannels"] == [] and p["enabled"] for p in policies.values())
+    assert state["channels"] == {}
+    assert list(state["dashboards"]) == [f"{FUNCTION}-operations"]
+    assert state["sinks"]["_Default"]["exclusions"] == []  # no rate stated: the request log kept
+    # The table: the generated schema, partitioned by day on publish_time, deploy.sh's labels.
+    table = state["tables"][TABLE]
+    schema = json.loads((REPO / "monitoring" / "prediction-log.bigquery.json").read_text())
+    assert table["schema"]["fields"] == schema
+    assert table["timePartitioning"] == {"type": "DAY", "field": "publish_time"}
+    assert table["labels"]["deploy-sh-function"] == FUNCTION
+    assert state["datasets"][f"{PROJECT}:ride_prediction"]["location"] == REGION
+    log = state["subscriptions"][LOG_SUB]
+    assert log["topic"] == f"projects/{PROJECT}/topics/ride-predictions"
+    assert log["filter"] == "NOT attributes:deploy_verify"
+    assert log["bigqueryConfig"] == {
+        "table": TABLE,
+        "useTableSchema": True,
+        "writeMetadata": True,
+        "dropUnknownFields": True,
+    }
+    assert log["deadLetterPolicy"] == {
+        "deadLetterTopic": f"projects/{PROJECT}/topics/{LOG_DLQ}",
+        "maxDeliveryAttempts": 5,
+    }
+    assert log["expirationPolicy"] == {}
+    assert table["rows"] == []  # verify's ride went through, and stayed out of the log
+
+
+def test_the_prediction_log_keeps_each_prediction_with_its_ride_id(deployed: FakeProject) -> None:
+    ride = {"ride": {"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1.0}, "ride_id": 7}
+    deployed.change(
+        lambda s: fake_gcloud.publish(s, "taxi-ride-streaming", json.dumps(ride).encode(), {})
+    )
+
+    (row,) = deployed.state["tables"][TABLE]["rows"]
+
+    assert row["prediction"]["ride_duration"] == 18
+    assert row["attributes"]["ride_id"] == "7"  # the column comes from the attribute
+
+
+def test_alerts_are_updated_in_place_and_never_duplicated(deployed: FakeProject) -> None:
+    names = {stem: p["name"] for stem, p in _policies(deployed.state).items()}
+
+    deployed.deploy("--alert-email", "oncall@example.com", "--no-verify")
+
+    (channel,) = deployed.state["channels"].values()
+    assert channel["labels"] == {"email_address": "oncall@example.com"}
+    policies = _policies(deployed.state)
+    assert {stem: p["name"] for stem, p in policies.items()} == names
+    assert all(p["notificationChannels"] == [channel["name"]] for p in policies.values())
+    assert [_words(c)[:4] for c in deployed.changes()] == [
+        ["beta", "monitoring", "channels", "create"],
+        *[["alpha", "monitoring", "policies", "update"]] * 4,
+    ]
+    deployed.deploy("--alert-email", "oncall@example.com", "--no-verify")
+    assert deployed.changes() == []
+
+    # Another address and threshold: the channel and that policy change in place, and the
+    # dashboard, which draws the threshold.
+    deployed.deploy(
+        "--alert-email", "team@example.com", "--alert-backlog-age-seconds", "900", "--no-verify"
+    )
+
+    (same,) = deployed.state["channels"].values()
+    assert (same["name"], same["labels"]["email_address"]) == (channel["name"], "team@example.com")
+    policies = _policies(deployed.state)
+    assert _threshold(policies["input-backlog-age"]) == 900
+    assert {stem: p["name"] for stem, p in policies.items()} == names
+    assert sorted(" ".join(_words(c)) for c in deployed.changes()) == [
+        f"alpha monitoring policies update {names['input-backlog-age']}",
+        f"beta monitoring channels update {channel['name']}",
+        f"monitoring dashboards update {FUNCTION}-operations",
+    ]
+
+    # Without --alert-email the channel goes; the policies stay, naming no channel.
+    deployed.deploy("--alert-backlog-age-seconds", "900", "--no-verify")
+    assert deployed.state["channels"] == {}
+    assert all(p["notificationChannels"] == [] for p in _policies(deployed.state).values())
+    assert len(deployed.state["alert_policies"]) == 4
+
+
+def test_a_channel_you_added_to_a_policy_stays(deployed: FakeProject) -> None:
+    yours = f"projects/{PROJECT}/notificationChannels/9999"
+
+    def add_yours(state: dict[str, Any]) -> None:
+        state["channels"]["9999"] = {"name": yours, "type": "slack", "userLabels": {}}
+        for policy in state["alert_policies"].values():
+            policy["notificationChannels"] = [yours]
+
+    deployed.change(add_yours)
+
+    deployed.deploy(
+        "--alert-email", "oncall@example.com", "--alert-error-ratio", "0.1", "--no-verify"
+    )
+
+    ours = next(c["name"] for c in deployed.state["channels"].values() if c["name"] != yours)
+    for policy in _policies(deployed.state).values():
+        assert sorted(policy["notificationChannels"]) == sorted([yours, ours])
+    assert _threshold(_policies(deployed.state)["error-rate"]) == 0.1
+
+
+def test_without_the_alpha_component_nothing_changes_and_the_fix_is_said(
+    project: FakeProject,
+) -> None:
+    project.change(lambda s: s["components"].pop("alpha"))
+
+    result = project.run("deploy", "--model-uri", MODEL_URI)
+
+    assert result.returncode == 1
+    assert "gcloud components install alpha" in result.stderr
+    assert "--no-alerts" in result.stderr
+    assert [c[0] for c in project.calls()] == ["info"]  # only the look at the components
+
+    # --no-alerts deploys everything else, and leaves alert policies alone.
+    project.deploy("--no-alerts")
+    assert project.state["alert_policies"] == project.state["channels"] == {}
+    assert project.state["log_metrics"]
+    assert project.state["dashboards"]
+
+
+def test_without_beta_alpha_does_its_part(project: FakeProject) -> None:
+    project.change(lambda s: s["components"].pop("beta"))
+
+    project.deploy("--alert-email", "oncall@example.com")
+
+    tracks = {c[0] for c in project.calls() if c[0] in {"alpha", "beta"}}
+    assert tracks == {"alpha"}
+    assert len(project.state["channels"]) == 1
+    project.change(lambda s: s["components"].pop("alpha"))
+    result = project.run("deploy", "--model-uri", MODEL_URI, "--no-alerts")
+    assert result.returncode == 1  # the Pub/Sub service agent needs one of them
+    assert "gcloud components install beta" in result.stderr
+
+
+def test_the_request_log_is_excluded_from_a_steady_rate_and_kept_again_below(
+    deployed: FakeProject,
+) -> None:
+    deployed.deploy("--expected-rate", "50", "--no-verify")
+
+    (exclusion,) = deployed.state["sinks"]["_Default"]["exclusions"]
+    assert exclusion["name"] == f"{FUNCTION}-request-log"
+    assert exclusion["filter"] == (
+        f'resource.type="cloud_run_revision" AND resource.labels.service_name="{FUNCTION}"'
+        ' AND log_id("run.googleapis.com/requests")'
+    )
+    deployed.deploy("--expected-rate", "50", "--no-verify")
+    assert deployed.changes() == []
+    deployed.deploy("--expected-rate", "2", "--no-verify")
+    assert deployed.state["sinks"]["_Default"]["exclusions"] == []
+    deployed.deploy("--request-log", "exclude", "--no-verify")
+    assert deployed.run("destroy", "--yes").returncode == 0
+    assert deployed.state["sinks"]["_Default"]["exclusions"] == []
+
+
+def test_no_prediction_log_stops_writing_it_and_keeps_its_history(deployed: FakeProject) -> None:
+    deployed.change(lambda s: s["tables"][TABLE]["rows"].append({"version": "v1"}))
+
+    deployed.deploy("--no-prediction-log", "--no-verify")
+
+    state = deployed.state
+    assert set(state["subscriptions"]) == SUBSCRIPTIONS - {LOG_SUB, f"{LOG_DLQ}-sub"}
+    assert LOG_DLQ not in state["topics"]
+    assert state["tables"][TABLE]["rows"] == [{"version": "v1"}]
+    assert not [b for b in _ours(state) if b[0] == "table" or LOG_DLQ in b[1]]
+    # On again: everything is back, the history with it.
+    deployed.deploy("--no-verify")
+    assert set(deployed.state["subscriptions"]) == SUBSCRIPTIONS
+    assert _ours(deployed.state) == LEAST_PRIVILEGE | {GOOGLES_OWN}
+
+
+def test_a_bigquery_subscription_refused_just_after_its_grant_is_retried(
+    deployed: FakeProject,
+) -> None:
+    refused = {
+        "match": f"pubsub subscriptions create {LOG_SUB} --topic=ride-predictions",
+        "error": fake_gcloud.BIGQUERY_SUBSCRIPTION_DENIED.format(project=PROJECT, name=LOG_SUB),
+    }
+    deployed.deploy("--no-prediction-log", "--no-verify")
+    deployed.change(lambda s: s["faults"].append({**refused, "times": 2}))
+
+    result = deployed.deploy("--no-verify")  # the table grant is made again in this run
+
+    assert "attempt 2 of 6 failed (a propagation delay: 'The caller does not have" in result.stderr
+    assert set(deployed.state["subscriptions"]) == SUBSCRIPTIONS
+    # Without a grant just made, the same refusal is a real one: the run stops at once.
+    deployed.change(lambda s: s["subscriptions"].pop(LOG_SUB) and s["faults"].append(
+        {**refused, "times": 1}
+    ))  # fmt: skip
+    result = deployed.run("deploy", "--model-uri", MODEL_URI, "--no-verify")
+    assert result.returncode == 1
+    assert "retrying" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "throttled", "min_instances", "message_log_level", "request_log_excluded"),
+    [
+        ((), True, "0", "INFO", False),
+        (("--expected-rate", "9.9"), True, "0", "INFO", False),
+        (("--expected-rate", "10"), False, "1", "DEBUG", True),
+        (("--expected-rate", "250", "--billing", "request"), True, "0", "DEBUG", True),
+        (("--expected-rate", "0.5", "--billing", "instance", "--min-instances", "0"), False, "0",
+         "INFO", False),
+        (("--billing", "instance"), False, "1", "INFO", False),
+        (("--expected-rate", "50", "--message-log-level", "info", "--request-log", "keep"), False,
+         "1", "INFO", False),
+    ],
+)  # fmt: skip
+def test_the_stated_rate_picks_billing_min_instances_and_the_logs(
+    project: FakeProject,
+    args: tuple[str, ...],
+    throttled: bool,
+    min_instances: str,
+    message_log_level: str,
+    request_log_excluded: bool,
+) -> None:
+    result = project.run("deploy", "--dry-run", "--model-uri", MODEL_URI, *args)
+
+    assert result.returncode == 0, result.stderr
+    assert ("--add-exclusion=name=ride-prediction-request-log," in result.stdout) == (
+        request_log_excluded
+    )
+    (deploy,) = [_command(line)[1] for line in result.stdout.splitlines() if " run deploy " in line]
+    assert ("--cpu-throttling" in deploy, "--no-cpu-throttling" in deploy) == (
+        throttled,
+        not throttled,
+    )
+    assert _flag(deploy, "min-instances") == min_instances
+    env = _env_vars(deploy)
+    assert env["MESSAGE_LOG_LEVEL"] == message_log_level
+    assert env["PUBLISH_MAX_RPCS_IN_FLIGHT"] == "4"  # in both modes (docs/cost.md)
 
 
 # ------------------------------------------------------------------------------ moving, destroying
@@ -864,11 +1190,18 @@ def test_destroy_with_only_project_region_and_yes_removes_everything(deployed: F
         "deploy", *REGISTRY, "--allow-pickle", "--mlflow-tracking-token-secret", "mlflow-token"
     )
 
+    deployed.change(lambda s: s["tables"][TABLE]["rows"].append({"version": "v1"}))
+
     result = deployed.run("destroy", "--yes")
 
     assert result.returncode == 0, result.stderr
     state = deployed.state
     assert state["services"] == {}
+    for collection in ("log_metrics", "alert_policies", "channels", "dashboards"):
+        assert state[collection] == {}, collection
+    # The prediction history stays (and says so), without the agent's grant on it.
+    assert state["tables"][TABLE]["rows"] == [{"version": "v1"}]
+    assert f"kept: dataset {PROJECT}:ride_prediction" in result.stderr
     assert list(state["topics"]) == ["taxi-ride-streaming"]  # made by the tutorial, not deploy.sh
     assert state["subscriptions"] == state["repositories"] == state["service_accounts"] == {}
     assert SOURCES not in state["buckets"]
@@ -880,6 +1213,16 @@ def test_destroy_with_only_project_region_and_yes_removes_everything(deployed: F
         for m in b["members"]
         if m.startswith("deleted:")
     ]
+
+
+def test_destroy_deletes_the_prediction_history_only_when_asked(deployed: FakeProject) -> None:
+    deployed.change(lambda s: s["datasets"].update(other={"id": "other", "labels": {}}))
+
+    result = deployed.run("destroy", "--yes", "--delete-prediction-log")
+
+    assert result.returncode == 0, result.stderr
+    assert list(deployed.state["datasets"]) == ["other"]  # not deploy.sh's: kept
+    assert deployed.state["tables"] == {}
 
 
 def test_destroy_without_yes_off_a_terminal_refuses_and_reads_nothing(
@@ -899,14 +1242,17 @@ DRY_RUNS: list[tuple[str, ...]] = [
     ("deploy", *REGISTRY, "--allow-pickle", "--mlflow-tracking-uri", "https://mlflow.example.com",
      "--mlflow-tracking-token-secret", "mlflow-token:3", "--model-refresh-seconds", "60",
      "--env", "LOG_LEVEL=DEBUG", "--billing", "instance", "--min-instances", "1", "--no-cpu-boost",
-     "--build-service-account", "builder", "--timeout", "120", "--dead-letter-retention", "7d"),
+     "--build-service-account", "builder", "--timeout", "120", "--dead-letter-retention", "7d",
+     "--alert-email", "oncall@example.com", "--alert-error-ratio", "0.2"),
     ("deploy", "--model-uri", MODEL_URI, "--no-allow-pickle", "--concurrency", "1", "--cpu", "0.5",
-     "--ingress", "all", "--max-delivery-attempts", "5", "--min-retry-delay", "0"),
+     "--ingress", "all", "--max-delivery-attempts", "5", "--min-retry-delay", "0",
+     "--no-prediction-log", "--no-alerts", "--expected-rate", "0.5"),
     ("deploy", "--model-uri", MODEL_URI, "--mlflow-tracking-username-secret", "user",
-     "--mlflow-tracking-password-secret", "password:latest"),
+     "--mlflow-tracking-password-secret", "password:latest", "--expected-rate", "250"),
     ("verify",),
     ("logs",),
     ("destroy",),
+    ("destroy", "--delete-prediction-log"),
 ]  # fmt: skip
 
 
@@ -923,14 +1269,25 @@ def _dry_run(args: Sequence[str], env: dict[str, str]) -> list[str]:
     return result.stdout.splitlines()
 
 
+def _command(line: str) -> tuple[list[str], list[str]]:
+    """A dry-run line as (the render_template words that make its stdin, the command)."""
+    words = shlex.split(line)
+    if "|" not in words:
+        return [], words
+    pipe = words.index("|")
+    return words[:pipe], words[pipe + 1 :]
+
+
 def test_dry_run_runs_nothing_and_shows_the_plan(project: FakeProject) -> None:
     for args in DRY_RUNS:
         lines = _dry_run(args, project.env())
         assert lines, args
-        assert all(shlex.split(line)[0] == "gcloud" for line in lines), lines
+        for render, command in map(_command, lines):
+            assert command[0] in {"gcloud", "bq"}, command
+            assert render[:1] in ([], ["render_template"]), render
     assert project.calls() == []
 
-    plan = [shlex.split(line) for line in _dry_run(DRY_RUNS[0], project.env())]
+    plan = [_command(line)[1] for line in _dry_run(DRY_RUNS[0], project.env())]
     assert not [line for line in plan if line[1] in {"functions", "eventarc"}]
     (deploy,) = [line for line in plan if line[1:3] == ["run", "deploy"]]
     assert _flag(deploy, "function") == "predict_duration"
@@ -946,6 +1303,22 @@ def test_dry_run_runs_nothing_and_shows_the_plan(project: FakeProject) -> None:
     wanted += ["min-retry-delay", "dead-letter-topic", "max-delivery-attempts", "expiration-period"]
     for flag in wanted:
         assert f"--{flag}" in flags
+    # The operations: what the issue's "done when" lists, each created once.
+    made = [
+        " ".join(word for word in line if not word.startswith("-"))
+        for line in plan
+        if _verb(line) in {"create", "mk"}
+    ]
+    for resource in (
+        *(f"gcloud logging metrics create {FUNCTION}-{name}" for name in LOG_METRICS),
+        *(["gcloud alpha monitoring policies create"] * 4),
+        "gcloud monitoring dashboards create",
+        f"bq mk {PROJECT}:ride_prediction",
+        f"bq mk {TABLE}",
+        f"gcloud pubsub subscriptions create {LOG_SUB}",
+    ):
+        assert resource in made, resource
+        made.remove(resource)
 
 
 # What gcloud says when it parsed the arguments but has no account to call the API with
@@ -958,50 +1331,132 @@ _ARGUMENT_ERROR = re.compile(
     r"unrecognized arguments|argument --?[\w-]+:|Invalid value|Bad syntax|invalid choice"
     r"|must be specified|is required|Usage: gcloud"
 )
+# bq parses its flags (absl) before it asks gcloud for a token: with no account, a command whose
+# flags and command name parse fails only on the token.
+_BQ_NO_CREDENTIALS = re.compile(r"Error\s+retrieving\s+auth\s+credentials\s+from\s+gcloud")
+_BQ_ARGUMENT_ERROR = re.compile(r"FATAL|Flags parsing error|Unknown command|USAGE")
 
 
-def _gcloud_verdict(line: str, env: dict[str, str]) -> tuple[str, int, str]:
+def _verdict(line: str, env: dict[str, str], bq: list[str]) -> tuple[str, int, str]:
+    """Run a dry-run line as the real tools would, offline: its stdin rendered by render.bash,
+    a bq command through bq's own Python entry point (the `bq` wrapper checks credentials first)."""
+    render, command = _command(line)
+    stdin = ""
+    if render:
+        rendered = subprocess.run(
+            ["bash", "-c", 'source monitoring/render.bash && "$@"', "render", *render],
+            capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
+        )  # fmt: skip
+        stdin = rendered.stdout
+    if command[0] == "bq":
+        command = [*bq, *command[1:]]
     result = subprocess.run(
-        shlex.split(line),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
+        command, input=stdin, capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
         check=False,
-    )
-    return line, result.returncode, result.stderr
+    )  # fmt: skip
+    return line, result.returncode, result.stdout + result.stderr  # bq's errors: on stdout
+
+
+_COMMAND_VERBS = MUTATING | {"describe", "list", "get-iam-policy", "pull", "cat", "ls", "show"}
 
 
 def _parser_signature(line: str) -> tuple[Any, ...]:
-    """Lines alike for gcloud's parser: the same command with the same flags (deploys and
-    updates are all kept: their values have validators of their own)."""
-    words = shlex.split(line)
+    """Lines alike for the parsers: the same command (its words up to its verb: the resource's
+    name aside) with the same flags (deploys and service updates are all kept: their values have
+    validators of their own)."""
+    words = _command(line)[1]
     if words[1:3] in (["run", "deploy"], ["run", "services"]) and "update" in words[:4]:
         return (line,)
     positional = [word for word in words if not word.startswith("-")]
-    return (*positional[:4], *sorted(word.split("=")[0] for word in words if word.startswith("-")))
+    verb = next((i for i, word in enumerate(positional) if word in _COMMAND_VERBS), 3)
+    return (*positional[: verb + 1], *sorted(w.split("=")[0] for w in words if w.startswith("-")))
 
 
-def test_every_dry_run_command_passes_gclouds_parser(tmp_path: Path) -> None:
+def _problem(line: str, code: int, stderr: str) -> bool:
+    if _command(line)[1][0] == "bq":
+        return bool(_BQ_ARGUMENT_ERROR.search(stderr)) or not _BQ_NO_CREDENTIALS.search(stderr)
+    return (
+        code == 2
+        or bool(_ARGUMENT_ERROR.search(stderr))
+        or (code != 0 and not _NO_CREDENTIALS.search(stderr))
+    )
+
+
+def test_every_dry_run_command_passes_gclouds_and_bqs_parsers(
+    tmp_path: Path, parsers: list[str]
+) -> None:
     env = {**_base_env(tmp_path), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}  # the real gcloud
+    bq = parsers
     lines: dict[tuple[Any, ...], str] = {}
     for args in DRY_RUNS:
         for line in _dry_run(args, env):
             lines.setdefault(_parser_signature(line), line)
-    assert len(lines) > 40
+    assert len(lines) > 55
+    assert len([line for line in lines.values() if line.startswith("bq ")]) >= 6
 
     with ThreadPoolExecutor(max_workers=3) as pool:  # gcloud takes about a second to start
-        verdicts = list(pool.map(lambda line: _gcloud_verdict(line, env), lines.values()))
+        verdicts = list(pool.map(lambda line: _verdict(line, env, bq), lines.values()))
 
     problems = [
         f"{line}\n  exit {code}: {stderr.strip()[:400]}"
         for line, code, stderr in verdicts
-        if code == 2
-        or _ARGUMENT_ERROR.search(stderr)
-        or (code != 0 and not _NO_CREDENTIALS.search(stderr))
+        if _problem(line, code, stderr)
     ]
     assert not problems, "\n".join(problems)
-    _, code, stderr = _gcloud_verdict("gcloud pubsub topics create t1234 --no-such-flag", env)
-    assert code == 2  # the check has teeth
-    assert _ARGUMENT_ERROR.search(stderr)
+    for broken in (  # the checks have teeth
+        "gcloud pubsub topics create t1234 --no-such-flag",
+        "bq mk --project_id=p --no_such_flag --dataset p:d",
+        "bq mkk --project_id=p p:d",
+        "bq add-iam-policy-binding --project_id=p --role=roles/x --table p:d.t",  # no --member
+    ):
+        assert _problem(*_verdict(broken, env, bq)), broken
+
+
+def test_every_change_of_a_redeploy_and_a_destroy_passes_the_parsers(
+    deployed: FakeProject, tmp_path: Path, parsers: list[str]
+) -> None:
+    """The updates, revokes and deletes a dry run (which plans for an empty project) never
+    prints, as deploy.sh ran them against the fake, through the real parsers."""
+
+    def older(state: dict[str, Any]) -> None:  # each is then updated
+        state["tables"][TABLE]["labels"]["deploy-sh-schema"] = "old"
+        state["dashboards"][f"{FUNCTION}-operations"]["labels"]["definition"] = "old"
+        state["log_metrics"][f"{FUNCTION}-model-swaps"]["description"] = "old"
+        state["subscriptions"][LOG_SUB].pop("deadLetterPolicy")
+
+    deployed.change(older)
+    lines: dict[tuple[Any, ...], str] = {}
+    for args in (
+        (
+            "deploy",
+            "--model-uri",
+            MODEL_URI,
+            "--alert-email",
+            "a@example.com",
+            "--no-verify",
+            "--expected-rate",
+            "50",
+        ),
+        ("deploy", "--model-uri", MODEL_URI, "--no-verify", "--memory", "2Gi"),
+        ("deploy", "--model-uri", MODEL_URI, "--no-verify", "--no-prediction-log"),
+        ("destroy", "--yes", "--delete-prediction-log"),
+    ):
+        result = deployed.run(*args)
+        assert result.returncode == 0, result.stderr
+        for call in deployed.changes():  # what a dry run prints is checked above
+            if _verb(call) in {"update", "delete", "remove-iam-policy-binding", "rm"}:
+                line = shlex.join(call if call[0] == "bq" else ["gcloud", *call])
+                lines.setdefault(_parser_signature(line), line)
+    verbs = {_verb(shlex.split(line)) for line in lines.values()}
+    assert {"update", "delete", "remove-iam-policy-binding", "rm"} <= verbs
+    for command in ("logging metrics update", "subscriptions update", "bq update", "--remove-excl"):
+        assert [line for line in lines.values() if command in line], command
+    env = {**_base_env(tmp_path), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
+    bq = parsers
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        verdicts = list(pool.map(lambda line: _verdict(line, env, bq), lines.values()))
+
+    problems = [f"{line}\n  exit {code}: {out.strip()[:400]}" for line, code, out in verdicts
+                if _problem(line, code, out)]  # fmt: skip
+    assert not problems, "\n".join(problems)

@@ -147,19 +147,22 @@ def test_the_thresholds_are_parameters() -> None:
 
 
 def test_policies_channel_and_dashboard_carry_the_labels_a_rerun_finds_them_by() -> None:
-    service = SAMPLE_VALUES["SERVICE"]
+    service, definition = SAMPLE_VALUES["SERVICE"], SAMPLE_VALUES["DEFINITION"]
+    ours = {"managed_by": MANAGED_BY, "service": service, "definition": definition}
     for path in POLICIES:
-        labels = rendered_json(path)["userLabels"]
-        assert labels == {"managed_by": MANAGED_BY, "service": service, "policy": path.stem}
-    assert rendered_json(CHANNEL)["userLabels"] == {"managed_by": MANAGED_BY, "service": service}
+        assert rendered_json(path)["userLabels"] == {**ours, "policy": path.stem}
+    assert rendered_json(CHANNEL)["userLabels"] == ours
     dashboard = rendered_json(DASHBOARD)
-    assert dashboard["labels"] == {"managed_by": MANAGED_BY, "service": service}
+    assert dashboard["labels"] == ours
+    # Log-based metrics have no labels: deploy.sh finds its hash in their description.
+    for path in LOG_METRICS:
+        assert rendered_json(path)["description"].endswith(f"(deploy.sh definition {definition})")
     assert (
         dashboard["name"]
         == f"projects/{SAMPLE_VALUES['PROJECT_ID']}/dashboards/{service}-operations"
     )
     # Label values: at most 63 lowercase letters, digits, underscores and dashes.
-    for value in (MANAGED_BY, service, *(p.stem for p in POLICIES)):
+    for value in (MANAGED_BY, service, definition, *(p.stem for p in POLICIES)):
         assert re.fullmatch(r"[a-z0-9_-]{1,63}", value), value
 
 

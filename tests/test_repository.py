@@ -145,7 +145,9 @@ def test_ci_workflow_runs_make_test_with_the_emulator_on_311_and_312() -> None:
     python = next(s for s in steps if s.get("uses", "").startswith("actions/setup-python"))
     assert python["with"]["python-version"] == "${{ matrix.python-version }}"
     gcloud = next(s for s in steps if s.get("uses", "").startswith("google-github-actions/setup"))
-    assert {"beta", "pubsub-emulator"} <= set(gcloud["with"]["install_components"].split(","))
+    # The emulator, and what the parser checks of deploy.sh's commands call (alpha: alert policies).
+    components = set(gcloud["with"]["install_components"].split(","))
+    assert {"alpha", "beta", "bq", "pubsub-emulator"} <= components
     assert re.fullmatch(r"\d+\.\d+\.\d+", gcloud["with"]["version"]), "pin the gcloud version"
     assert any(s.get("uses", "").startswith("actions/setup-java") for s in steps)
     # make test on the interpreter setup-python installed, not the one make would choose.
