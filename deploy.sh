@@ -84,8 +84,8 @@ Operations (docs/operations.md):
   --alert-backlog-age-seconds N [$DEFAULT_BACKLOG_AGE_SECONDS]  --alert-error-ratio R [$DEFAULT_ERROR_RATIO]
   --alert-no-predictions-seconds N [$DEFAULT_NO_PREDICTIONS_SECONDS]  --no-alerts (leave alert policies alone)
   --prediction-log|--no-prediction-log  every prediction kept in BigQuery [on]
-  --prediction-log-dataset D [FUNCTION, dashes as _]  --delete-prediction-log (destroy: the
-                                dataset too; by default its history is kept)
+  --prediction-log-dataset D [FUNCTION, dashes as _]  --keep-prediction-log (destroy: keep
+                                the dataset and its history; by default it goes too)
   --cpu-boost|--no-cpu-boost [on]  --force (rebuild)  --verify|--no-verify (a run arming
   dead-lettering verifies anyway)  --verify-timeout S [600]  --log-limit N [50]
   --yes (destroy without asking)  --dry-run (print the commands; run-time values are
@@ -293,7 +293,7 @@ variable_of() {
 }
 for flag in $VALUE_FLAGS; do unset "$(variable_of "$flag")"; done
 COMMAND=deploy DRY_RUN=0 ASSUME_YES=0 FORCE=0 VERIFY=auto ALLOW_PICKLE="" CPU_BOOST=true EXTRA_ENV=()
-PREDICTION_LOG=1 ALERTS=1 DELETE_PREDICTION_LOG=0
+PREDICTION_LOG=1 ALERTS=1 KEEP_PREDICTION_LOG=0
 while (($# > 0)); do
   [[ $1 != --*=* ]] || set -- "${1%%=*}" "${1#*=}" "${@:2}"
   case $1 in
@@ -310,7 +310,7 @@ while (($# > 0)); do
     --no-allow-pickle) ALLOW_PICKLE=false ;;
     --prediction-log) PREDICTION_LOG=1 ;;
     --no-prediction-log) PREDICTION_LOG=0 ;;
-    --delete-prediction-log) DELETE_PREDICTION_LOG=1 ;;
+    --keep-prediction-log) KEEP_PREDICTION_LOG=1 ;;
     --no-alerts) ALERTS=0 ;;
     --*)
       [[ $1 == --env || $VALUE_FLAGS == *" $1"[[:space:]]* ]] || die "unknown option '$1' (see --help)"
@@ -1135,7 +1135,7 @@ cmd_destroy() {
 }
 
 # The alert policies and the channel by their labels, the dashboard and the log-based metrics by
-# name if they are deploy.sh's; the prediction log's dataset only with --delete-prediction-log.
+# name if they are deploy.sh's; the prediction log's dataset too, unless --keep-prediction-log.
 destroy_operations() {
   local file name dataset="$PROJECT:$PREDICTION_LOG_DATASET"
   if ((ALERTS == 1)); then
@@ -1157,9 +1157,9 @@ destroy_operations() {
     fi
   done
   ((PREDICTION_LOG == 1)) || return 0
-  if ((DELETE_PREDICTION_LOG == 0)); then
+  if ((KEEP_PREDICTION_LOG == 1)); then
     ! query bq show --project_id="$PROJECT" --format=none "$dataset" ||
-      log "    kept: dataset $dataset, the prediction history (--delete-prediction-log deletes it)"
+      log "    kept: dataset $dataset, the prediction history (--keep-prediction-log)"
   elif { query bq show --project_id="$PROJECT" --format=json "$dataset" &&
     [[ $QUERY_OUT =~ \"deploy-sh-function\":\ ?\"$FUNCTION_NAME\" ]]; } || is_dry_run; then
     run "delete dataset $dataset and every prediction in it" bq rm --project_id="$PROJECT" --recursive --force --dataset "$dataset"

@@ -1199,9 +1199,8 @@ def test_destroy_with_only_project_region_and_yes_removes_everything(deployed: F
     assert state["services"] == {}
     for collection in ("log_metrics", "alert_policies", "channels", "dashboards"):
         assert state[collection] == {}, collection
-    # The prediction history stays (and says so), without the agent's grant on it.
-    assert state["tables"][TABLE]["rows"] == [{"version": "v1"}]
-    assert f"kept: dataset {PROJECT}:ride_prediction" in result.stderr
+    # The prediction log's dataset, its table and rows go too: every resource deploy.sh made.
+    assert state["datasets"] == state["tables"] == {}
     assert list(state["topics"]) == ["taxi-ride-streaming"]  # made by the tutorial, not deploy.sh
     assert state["subscriptions"] == state["repositories"] == state["service_accounts"] == {}
     assert SOURCES not in state["buckets"]
@@ -1215,10 +1214,20 @@ def test_destroy_with_only_project_region_and_yes_removes_everything(deployed: F
     ]
 
 
-def test_destroy_deletes_the_prediction_history_only_when_asked(deployed: FakeProject) -> None:
+def test_destroy_deletes_only_its_own_dataset_and_keeps_the_history_when_asked(
+    deployed: FakeProject,
+) -> None:
     deployed.change(lambda s: s["datasets"].update(other={"id": "other", "labels": {}}))
+    deployed.change(lambda s: s["tables"][TABLE]["rows"].append({"version": "v1"}))
 
-    result = deployed.run("destroy", "--yes", "--delete-prediction-log")
+    kept = deployed.run("destroy", "--yes", "--keep-prediction-log")
+
+    assert kept.returncode == 0, kept.stderr
+    # The prediction history stays (and says so), without the agent's grant on it.
+    assert deployed.state["tables"][TABLE]["rows"] == [{"version": "v1"}]
+    assert f"kept: dataset {PROJECT}:ride_prediction" in kept.stderr
+
+    result = deployed.run("destroy", "--yes")
 
     assert result.returncode == 0, result.stderr
     assert list(deployed.state["datasets"]) == ["other"]  # not deploy.sh's: kept
@@ -1252,7 +1261,7 @@ DRY_RUNS: list[tuple[str, ...]] = [
     ("verify",),
     ("logs",),
     ("destroy",),
-    ("destroy", "--delete-prediction-log"),
+    ("destroy", "--keep-prediction-log"),
 ]  # fmt: skip
 
 
@@ -1439,7 +1448,7 @@ def test_every_change_of_a_redeploy_and_a_destroy_passes_the_parsers(
         ),
         ("deploy", "--model-uri", MODEL_URI, "--no-verify", "--memory", "2Gi"),
         ("deploy", "--model-uri", MODEL_URI, "--no-verify", "--no-prediction-log"),
-        ("destroy", "--yes", "--delete-prediction-log"),
+        ("destroy", "--yes"),
     ):
         result = deployed.run(*args)
         assert result.returncode == 0, result.stderr
