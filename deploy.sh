@@ -550,16 +550,19 @@ check_secrets_and_build_account() {
     --format='value(email)' || is_dry_run || die "build service account $BUILD_EMAIL not found"
 }
 
-# MLflow refuses pickles when MLFLOW_ALLOW_PICKLE_DESERIALIZATION is false (its default: true).
-# For a gs:// model the function gets what the model's MLmodel needs: true only for a pickle or
-# cloudpickle model, and then whoever can write that bucket can run code in the function
-# (docs/models.md). A registry alias can move to any model later: the user decides (cmd_deploy).
+# MLflow refuses to deserialize a model when MLFLOW_ALLOW_PICKLE_DESERIALIZATION is false (its
+# default: true). MLflow 3.17 gates every format of the sklearn flavour behind it, skops too (its
+# allow-list of types is read from the model itself: mlflow/sklearn/__init__.py,
+# _load_model_from_local_file), and a pickled pyfunc python_model. For a gs:// model the function
+# gets what its MLmodel needs: true for those, and then whoever can write that bucket can run code
+# in the function (docs/models.md); false for any other model, so a pickle slipped in later is
+# refused. A registry alias can move to any model later: the user decides (cmd_deploy).
 pickle_setting() {
   [[ -z $ALLOW_PICKLE ]] || return 0
   if query gcloud storage cat "${MODEL_URI%/}/MLmodel" "${P[@]}"; then
     ALLOW_PICKLE=false
-    grep -Eq '^\s*(serialization_format:\s*(cloud)?pickle|python_model:)' <<<"$QUERY_OUT" || return 0
-    ALLOW_PICKLE=true && log "    note: a pickled model: whoever can write gs://$MODEL_BUCKET can run code in the function"
+    grep -Eq '^\s*(sklearn:|python_model:)' <<<"$QUERY_OUT" || return 0
+    ALLOW_PICKLE=true && log "    note: a scikit-learn or pickled model: whoever can write gs://$MODEL_BUCKET can run code in the function"
   else
     is_dry_run || die "no MLflow model at $MODEL_URI (its MLmodel is missing)"
     ALLOW_PICKLE=FROM_MLMODEL

@@ -66,6 +66,12 @@ _PICKLE_FORMATS = ("cloudpickle", "pickle")
 PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 
 
+def _mlflow_allows_unpickling(switch: str | None) -> bool:
+    """Whether MLflow reads the switch's raw value as allowing (``_BooleanEnvironmentVariable``:
+    unset is its default, true; ``true`` and ``1`` in any case are true; all else is not)."""
+    return switch is None or switch.lower() in ("true", "1")
+
+
 def _read_file(model_uri: str, name: str) -> bytes | None:
     """Bytes of ``name`` in the model directory, when the URI is a plain local path or
     ``gs://``; None for every other kind of URI (``runs:/``, ``models:/``, ``file:``, ``s3://``,
@@ -97,11 +103,12 @@ def _load_directly(model_uri: str) -> tuple[dict[str, Any], Any] | None:
     unpickle the file it names, as ``mlflow.sklearn`` does. Only those two files are fetched,
     into memory: nothing is written to (in-memory) ``/tmp``.
 
-    Only while ``PICKLE_SWITCH`` is unset, where MLflow's default allows unpickling: set to any
-    value, MLflow loads the model and applies its own check to it (its parsing of the value,
-    its refusal), so a refusal here is exactly MLflow's.
+    Only where MLflow would unpickle too: ``PICKLE_SWITCH`` unset (MLflow's default allows it) or
+    ``true``/``1`` in any case (what MLflow reads as true). Any other value, ``false`` and ``0``
+    or one MLflow does not know, leaves the model to MLflow, which applies its own check (its
+    parsing of the value, its refusal), so a refusal here is exactly MLflow's.
     """
-    if PICKLE_SWITCH in os.environ:
+    if not _mlflow_allows_unpickling(os.environ.get(PICKLE_SWITCH)):
         return None
     mlmodel_bytes = _read_file(model_uri, "MLmodel")
     if mlmodel_bytes is None:

@@ -65,6 +65,8 @@ PICKLE_MLMODEL = (
 SKOPS_MLMODEL = (
     "flavors:\n  sklearn:\n    pickled_model: model.skops\n    serialization_format: skops\n"
 )
+# A model MLflow loads with no deserialization gate (its native format, not a pickle).
+XGBOOST_MLMODEL = "flavors:\n  xgboost:\n    data: model.xgb\n    model_format: xgb\n"
 MUTATING = {"create", "enable", "deploy", "update", "delete", "publish", "detach", "cp", "rm", "mk"}
 MUTATING |= {"add-iam-policy-binding", "remove-iam-policy-binding", "set-cleanup-policies"}
 # Every grant of a deployment from a gs:// model (kind, resource, role, member).
@@ -734,7 +736,9 @@ def test_the_callers_environment_changes_nothing(project: FakeProject) -> None:
     ("mlmodel", "args", "allowed"),
     [
         (PICKLE_MLMODEL, (), "true"),
-        (SKOPS_MLMODEL, (), "false"),
+        # MLflow 3.17 gates skops behind the switch too: false would never load it.
+        (SKOPS_MLMODEL, (), "true"),
+        (XGBOOST_MLMODEL, (), "false"),
         (PICKLE_MLMODEL, ("--no-allow-pickle",), "false"),
     ],
 )

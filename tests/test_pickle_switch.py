@@ -301,3 +301,33 @@ def test_mlflow_refuses_a_skops_model_too_under_the_switch(
     error = try_load(skops_model.path)
     assert error is not None
     assert f"disallowed because '{SWITCH}'" in str(error)
+
+
+@pytest.mark.parametrize(
+    "raw", [None, "true", "1", "TRUE", "True", "false", "0", "FALSE", "yes", ""]
+)
+def test_the_direct_path_reads_the_switch_as_mlflow_reads_it(
+    raw: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION
+
+    if raw is None:
+        monkeypatch.delenv(SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(SWITCH, raw)
+    try:
+        mlflow_allows = MLFLOW_ALLOW_PICKLE_DESERIALIZATION.get()
+    except ValueError:  # a value MLflow does not know fails its loads
+        mlflow_allows = False
+
+    assert loaders._mlflow_allows_unpickling(raw) is mlflow_allows
+
+
+@pytest.mark.parametrize(("raw", "direct"), [("true", True), ("1", True), ("false", False)])
+def test_set_to_allow_the_model_is_still_read_without_mlflow(
+    test_model: Any, monkeypatch: pytest.MonkeyPatch, raw: str, direct: bool
+) -> None:
+    # `true` allows what unset allows, so it keeps the fast path (about 1.3 s of a cold start:
+    # deploy.sh sets it for every scikit-learn model, docs/deploy.md).
+    monkeypatch.setenv(SWITCH, raw)
+    assert (loaders._load_directly(test_model.path) is not None) is direct
