@@ -75,7 +75,7 @@ AWS_ZIP ?= dist/aws-lambda.zip
 package-aws:
 	$(PYTHON) aws/build_zip.py $(AWS_ZIP)
 
-# The deployable source as a zip (e.g. for `gcloud functions deploy --source=gs://...zip`).
+# The deployable source as a zip: what `gcloud run deploy --source .` uploads (.gcloudignore).
 # Only the standard library is needed, so no virtual environment.
 package: $(DIST)/$(FUNCTION_NAME).zip
 
