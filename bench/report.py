@@ -15,6 +15,8 @@ from bench.harness import percentile
 MIB = 2**20
 BATCH_TARGET_RIDES_PER_S = 100_000
 NAMES = ("baseline", "floor", "framework", "project")
+# A 1-minute load average at the start at or above this means other work shared the CPUs.
+QUIET_LOAD = 1.0
 
 
 def machine_info() -> dict[str, Any]:
@@ -258,11 +260,16 @@ def _load_sentence(load: dict[str, Any] | None) -> str:
     if not load:
         return ""
     figures = ", ".join(f"{key} {value:.1f}" for key, value in load.items() if key != "how")
-    return (
-        f" Machine load during the run ({load.get('how', 'load average')}): {figures}, on "
-        "CPUs other sessions share: absolute figures are slower than on a quiet machine, "
-        "ratios within a round hold better."
-    )
+    # The bench's own processes raise the load by its end; only a busy start says that other
+    # work shared the CPUs for the whole run.
+    if load.get("start", 0.0) >= QUIET_LOAD:
+        verdict = (
+            "other work was running on these CPUs when the run started: absolute figures are "
+            "slower than on a quiet machine, ratios within a round hold better."
+        )
+    else:
+        verdict = "the machine was quiet when the run started (the bench loads it by the end)."
+    return f" Machine load during the run ({load.get('how', 'load average')}): {figures}; {verdict}"
 
 
 def _lever_lines(levers: dict[str, Any]) -> list[str]:

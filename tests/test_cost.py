@@ -314,3 +314,17 @@ def test_the_rpcs_default_is_the_cap_with_the_smallest_worst_case_over_both_shap
     assert cap == 4
     assert excess == pytest.approx(0.10)  # 1.10 / 1.00 at 32
     assert minimax_rpcs([], "instance") is None
+
+
+def test_results_say_other_work_shared_the_cpus_only_when_the_run_started_busy() -> None:
+    from bench.report import _load_sentence
+
+    how = "1-minute load average (os.getloadavg) at the start and the end"
+    quiet = _load_sentence({"start": 0.2, "end": 3.2, "how": how})
+    busy = _load_sentence({"start": 3.4, "end": 8.4, "how": how})
+    assert "start 0.2, end 3.2" in quiet
+    assert "quiet when the run started" in quiet
+    assert "slower than on a quiet machine" not in quiet
+    assert "other work was running" in busy
+    assert "slower than on a quiet machine" in busy
+    assert _load_sentence(None) == ""
