@@ -8,6 +8,8 @@ through the function's public surface: its environment and HTTP, on the emulator
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -211,3 +213,37 @@ def test_the_lambda_handler_stops_on_a_bad_setting(
 
     with pytest.raises(InvalidSettingError, match=r"MAX_MESSAGE_BYTES='0\.5'"):
         lambda_function.lambda_handler(kinesis_event(SAMPLE_RIDE), None)
+
+
+def _documented_defaults(doc: str) -> dict[str, str]:
+    """Each variable of a configuration table (first column, last column the default)."""
+    text = (Path(__file__).resolve().parent.parent / doc).read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and re.fullmatch(r"`[A-Z_]+`", cells[0]):
+            rows[cells[0].strip("`")] = cells[-1]
+    return rows
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/design.md"])
+def test_every_default_the_docs_state_is_the_one_the_function_reads(doc: str) -> None:
+    documented = _documented_defaults(doc)
+    read = msgspec.structs.asdict(settings_from_env(REQUIRED))
+    for field in msgspec.structs.fields(Settings):
+        name, value = field.encode_name, read[field.name]
+        assert name in documented, f"{doc} has no row for {name}"
+        stated = documented[name]
+        if name == "MODEL_URI":
+            assert stated == "required"
+        elif name == "PROJECT_ID":
+            assert stated == "`GOOGLE_CLOUD_PROJECT`"
+        elif value is None:
+            assert stated.startswith("unset"), (name, stated)
+        else:
+            quoted = re.match(r"`([^`]+)`", stated)
+            assert quoted, (name, stated)
+            if isinstance(value, str):
+                assert quoted.group(1) == value, (name, stated, value)
+            else:
+                assert float(quoted.group(1)) == value, (name, stated, value)
