@@ -27,7 +27,7 @@ help:
 	@echo "make package build $(DIST)/$(FUNCTION_NAME).zip: the function's source, as deployed"
 	@echo "./deploy.sh  deploy to GCP (see ./deploy.sh --help and docs/deploy.md)"
 	@echo "make package-aws  build the AWS Lambda zip (dist/aws-lambda.zip)"
-	@echo "make bench   benchmark vs the tutorial's function (a few minutes; bench/results)"
+	@echo "make bench   benchmark vs the tutorial's function, then the fast path (~20 min; bench/results)"
 	@echo "make schemas regenerate schemas/*.schema.json from the declarations in ride_predictor/messages.py"
 
 # Checked on every run: rebuilt when a requirements file changed or $(PYTHON) is not the
@@ -98,7 +98,10 @@ up: $(STAMP)
 down: $(STAMP)
 	$(PY) -m devstack down
 
+# The benchmark against the tutorial's function (bench/results/), then the linear fast path
+# against the pipeline's own predict, under each billing mode (bench/results/fast-path/).
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.fast_path
 
 FORCE:
