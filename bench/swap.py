@@ -63,7 +63,6 @@ class SwappingHolder:
             "models:/bench@champion", "m", refresh_seconds=period, load=self.load,
             resolve=lambda uri: self.version,
         )  # fmt: skip
-        self._refresh = self.holder._refresh
         # The same periodic work, timed: what the service starts after a message once it is due.
         self.holder.refresh_work = PeriodicWork("model-refresh", self.timed_refresh, period)
 
@@ -79,7 +78,7 @@ class SwappingHolder:
     def timed_refresh(self) -> None:
         before = self.holder.get().version  # not the model: the swap waits for its release
         started = time.perf_counter()
-        self._refresh()
+        self.holder.refresh()
         ended = time.perf_counter()
         self.windows.append((started, ended))
         if self.holder.get().version != before:

@@ -83,9 +83,7 @@ class ModelHolder:
         self._model: LoadedModel | None = None
         self._pending: Future[LoadedModel] | None = None
         # Due refresh_seconds after the first load, then after each refresh; never without one.
-        self.refresh_work = PeriodicWork(
-            "model-refresh", self._refresh, self.refresh_seconds, clock
-        )
+        self.refresh_work = PeriodicWork("model-refresh", self.refresh, self.refresh_seconds, clock)
 
     @classmethod
     def from_settings(cls, settings: CoreSettings) -> ModelHolder:
@@ -164,14 +162,17 @@ class ModelHolder:
             self.refresh_work.schedule()
         pending.set_result(model)
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
         """Resolve the URI; load and swap in the version it names if that is new.
 
+        Blocks for a whole load, so it belongs on a background thread: ``refresh_work`` runs it
+        when due. Before the first load it does nothing (that load resolves the URI itself).
         Never raises: a failure (tracking server down, artifacts missing, a model that does not
         load) is one ERROR line, and the current model keeps serving until the next period.
         """
         current = self._model
-        assert current is not None
+        if current is None:
+            return
         current_version = current.version
         # Set once no request holds the current model any more (it is then free to go).
         released = threading.Event()

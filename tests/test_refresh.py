@@ -268,6 +268,20 @@ def test_an_unchanged_alias_loads_nothing(json_logs: list[dict[str, Any]]) -> No
     assert messages(json_logs, "model swapped") == []
 
 
+def test_a_refresh_called_directly_before_the_first_load_does_nothing_then_swaps() -> None:
+    registry, store, clock = FakeRegistry("1"), FakeStore(), FakeClock()
+    loader = make_loader(registry, store, clock)
+
+    loader.refresh()  # nothing loaded yet: the first load resolves the alias itself
+    assert (loader.loaded, registry.resolutions, store.loads) == (None, [], [])
+
+    assert loader.get().version == "1"
+    registry.version = "2"
+    loader.refresh()  # on the caller's thread, whatever the period
+    assert loader.get().version == "2"
+    assert store.loads == ["models:/ride-duration/1", "models:/ride-duration/2"]
+
+
 def test_rollback_is_moving_the_alias_back(json_logs: list[dict[str, Any]]) -> None:
     registry, store, clock = FakeRegistry("1"), FakeStore(), FakeClock()
     loader = make_loader(registry, store, clock)
